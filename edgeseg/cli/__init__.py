@@ -1,0 +1,48 @@
+"""`edgeseg` command line. Each subcommand lives in `edgeseg/cli/<name>.py` with HELP, add_arguments(p), run(args).
+
+Subcommand modules import heavy libraries (torch, tensorrt) inside run(), so `edgeseg run --help` and
+the runtime never pull in torch.
+"""
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+
+from edgeseg import __version__
+from edgeseg.errors import EdgesegError
+
+COMMANDS = ["zoo", "train", "eval", "export", "build", "run", "bench", "demo", "kernels"]
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="edgeseg", description="Train, export, run and benchmark semantic segmentation on edge GPUs.")
+    parser.add_argument("--version", action="version", version=f"edgeseg {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    for name in COMMANDS:
+        try:
+            mod = importlib.import_module(f"edgeseg.cli.{name}")
+        except ModuleNotFoundError as e:
+            if e.name != f"edgeseg.cli.{name}":
+                raise
+            continue  # not part of this build
+        p = sub.add_parser(name, help=mod.HELP, description=mod.HELP, formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+        mod.add_arguments(p)
+        p.set_defaults(_run=mod.run)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return args._run(args) or 0
+    except EdgesegError as e:
+        print(f"edgeseg {args.command}: error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"edgeseg {args.command}: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,13 @@
+"""Backbones from scratch. Each returns a list of features (fine to coarse) and has `.channels`."""
+from __future__ import annotations
+
+from edgeseg.errors import EdgesegError
+from edgeseg.models.backbones.resnet import resnet18, resnet50
+
+BACKBONES = {"resnet18": resnet18, "resnet50": resnet50}
+
+
+def create_backbone(name: str, **kwargs):
+    if name not in BACKBONES:
+        raise EdgesegError(f"unknown backbone {name!r}; choose one of: {', '.join(sorted(BACKBONES))}")
+    return BACKBONES[name](**kwargs)

@@ -1,0 +1,70 @@
+"""The contract every zoo model follows: encoder -> decoder -> head, logits at input resolution."""
+from __future__ import annotations
+
+import torch
+import torch.nn as nn
+
+from edgeseg.errors import EdgesegError
+from edgeseg.models.layers import resize_to
+
+
+def _exporting() -> bool:
+    return torch.jit.is_tracing() or torch.compiler.is_exporting()
+
+
+class SegModel(nn.Module):
+    """`forward(images [N,3,H,W] normalised RGB) -> logits [N,C,H,W]`; in training, also the aux logits.
+
+    Subclasses set `encoder` (image -> list of features, fine to coarse), `decoder` (features -> map),
+    `head` (map -> class scores) and optionally `aux_head` on `encoder` output `aux_index`.
+    Capability flags: `size_divisor` (H and W must be multiples of it), `min_size`, `exportable`.
+    """
+
+    arch = "segmodel"
+    size_divisor = 1
+    min_size = 32
+    exportable = True
+    aux_index = -2
+    aux_weight = 0.4
+
+    def __init__(self, num_classes: int, **hparams):
+        super().__init__()
+        if num_classes < 1:
+            raise EdgesegError(f"num_classes must be >= 1, got {num_classes}")
+        self.num_classes = num_classes
+        self.hparams = dict(hparams)
+        self.aux_head: nn.Module | None = None
+
+    def check_input(self, images: torch.Tensor) -> None:
+        if images.dim() != 4 or images.shape[1] != 3:
+            raise EdgesegError(f"{self.arch}: expected images [N,3,H,W], got {list(images.shape)}")
+        h, w = images.shape[-2:]
+        if min(h, w) < self.min_size:
+            raise EdgesegError(f"{self.arch}: input {h}x{w} is smaller than {self.min_size} pixels; resize it up")
+        d = self.size_divisor
+        if h % d or w % d:
+            hh, ww = max(d, round(h / d) * d), max(d, round(w / d) * d)
+            raise EdgesegError(f"{self.arch}: input {h}x{w} is not a multiple of {d}; resize or pad it to e.g. {hh}x{ww}")
+
+    def forward(self, images: torch.Tensor):
+        if not _exporting():
+            self.check_input(images)
+        feats = self.encoder(images)
+        logits = resize_to(self.head(self.decoder(feats)), images)
+        if self.training and self.aux_head is not None:
+            return logits, resize_to(self.aux_head(feats[self.aux_index]), images)
+        return logits
+
+    @torch.inference_mode()
+    def predict(self, images: torch.Tensor) -> torch.Tensor:
+        """Class indices [N,H,W] (eval mode, no autograd)."""
+        self.eval()
+        return self(images).argmax(1)
+
+
+class AuxHead(nn.Sequential):
+    """The auxiliary (deep-supervision) classifier used during training only."""
+
+    def __init__(self, cin: int, num_classes: int, mid: int = 64):
+        from edgeseg.models.layers import ConvBNReLU
+        super().__init__(ConvBNReLU(cin, mid), nn.Dropout2d(0.1), nn.Conv2d(mid, num_classes, 1))
