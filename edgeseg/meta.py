@@ -5,9 +5,12 @@ Torch-free: the runtime reads it on a Jetson.
 from __future__ import annotations
 
 import json
+from typing import TYPE_CHECKING
 
-from edgeseg.data.classes import ClassInfo
 from edgeseg.errors import EdgesegError
+
+if TYPE_CHECKING:  # edgeseg.data imports this module's constants: import ClassInfo lazily to avoid the cycle
+    from edgeseg.data.classes import ClassInfo
 
 FORMAT_VERSION = 1
 META_KEY = "edgeseg"
@@ -49,4 +52,5 @@ def parse_meta(text: str, source: str = "model") -> dict:
 
 
 def classes_of(meta: dict) -> ClassInfo:
+    from edgeseg.data.classes import ClassInfo
     return ClassInfo(tuple(meta["classes"]), tuple(tuple(c) for c in meta["palette"]), meta["ignore_index"])
