@@ -29,6 +29,8 @@ class TrainTransform:
         size = (max(1, round(w * s)), max(1, round(h * s)))
         img = cv2.resize(img, size, interpolation=cv2.INTER_LINEAR)
         lab = cv2.resize(lab, size, interpolation=cv2.INTER_NEAREST)
+        if self.jitter:  # before padding, so the padding stays exactly the mean colour
+            img = self._photometric(img, rng)
         ch, cw = self.crop
         ph, pw = max(ch - lab.shape[0], 0), max(cw - lab.shape[1], 0)
         if ph or pw:  # pad image with the mean colour (0 after normalisation) and labels with ignore
@@ -40,8 +42,6 @@ class TrainTransform:
         img, lab = img[y:y + ch, x:x + cw], lab[y:y + ch, x:x + cw]
         if self.flip and rng.random() < 0.5:
             img, lab = img[:, ::-1], lab[:, ::-1]
-        if self.jitter:
-            img = self._photometric(img, rng)
         return normalize(img, self.mean, self.std), np.ascontiguousarray(lab).astype(np.int64)
 
     def _photometric(self, img: np.ndarray, rng: np.random.Generator) -> np.ndarray:

@@ -1,2 +1,3 @@
 """Every architecture of the zoo; importing this package registers them."""
 from edgeseg.models.archs import sfnet  # noqa: F401
+from edgeseg.models.archs import deeplabv3plus, fcn, pspnet, segformer, unet  # noqa: F401

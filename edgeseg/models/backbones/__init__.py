@@ -3,8 +3,11 @@ from __future__ import annotations
 
 from edgeseg.errors import EdgesegError
 from edgeseg.models.backbones.resnet import resnet18, resnet50
+from edgeseg.models.backbones.mit import mit_b0
+from edgeseg.models.backbones.mobilenetv2 import mobilenetv2
 
 BACKBONES = {"resnet18": resnet18, "resnet50": resnet50}
+BACKBONES.update(mobilenetv2=mobilenetv2, mit_b0=mit_b0)
 
 
 def create_backbone(name: str, **kwargs):

@@ -1,0 +1,54 @@
+"""`edgeseg eval`: mIoU, mAcc and per-class IoU of a checkpoint, an ONNX model or a TensorRT engine."""
+from __future__ import annotations
+
+HELP = "evaluate a model (.pt, .onnx, .engine or a shipped name) on a data split: mIoU, mAcc, per-class IoU"
+
+
+def add_arguments(p) -> None:
+    p.add_argument("--model", required=True, help="checkpoint .pt, .onnx, .engine, or a shipped model name (demo)")
+    p.add_argument("--data", required=True, help="data folder (CamVid format or images/labels + classes.json)")
+    p.add_argument("--split", default="val")
+    p.add_argument("--json", default=None, metavar="FILE", help="write the metrics as JSON")
+    p.add_argument("--tta", action="store_true", help="multi-scale (0.75, 1, 1.25) + flip test-time augmentation")
+    p.add_argument("--scales", default=None, help="comma-separated TTA scales (implies --tta)")
+    p.add_argument("--backend", default="auto", help="runtime backend for .onnx/.engine (see `edgeseg run --help`)")
+    p.add_argument("--limit", type=int, default=None, help="evaluate only the first N images")
+
+
+def _predictor(model: str, backend: str):
+    """(predictor, classes, size_divisor, mean, std, description)."""
+    from edgeseg.meta import classes_of
+
+    if model.endswith((".onnx", ".engine")):
+        from edgeseg.runtime.backends import open_backend
+
+        be = open_backend(model, backend)
+        meta = be.meta
+        return be.infer, classes_of(meta), meta["input"]["size_divisor"], meta["input"]["mean"], meta["input"]["std"], be.name
+    from edgeseg.models import checkpoint
+    from edgeseg.models.predictor import TorchPredictor
+
+    net, rec = checkpoint.load_model(model)
+    return TorchPredictor(net), checkpoint.classes_of(rec), net.size_divisor, rec["mean"], rec["std"], "torch"
+
+
+def run(args) -> int:
+    from edgeseg.data import SegFolder
+    from edgeseg.evaluate import evaluate, format_table
+    from edgeseg.fileio import write_json
+
+    predictor, classes, divisor, mean, std, how = _predictor(args.model, args.backend)
+    data = SegFolder(args.data, args.split)
+    if data.classes.names != classes.names:
+        from edgeseg.errors import EdgesegError
+        raise EdgesegError(f"{args.model} predicts {classes.num_classes} classes ({', '.join(classes.names[:3])}, ...) but "
+                           f"{args.data} has {data.classes.num_classes} ({', '.join(data.classes.names[:3])}, ...); evaluate on matching data")
+    scales = tuple(float(s) for s in args.scales.split(",")) if args.scales else ((0.75, 1.0, 1.25) if args.tta else (1.0,))
+    flip = args.tta or bool(args.scales)
+    m = evaluate(predictor, data, classes, size_divisor=divisor, scales=scales, flip=flip, mean=mean, std=std, limit=args.limit)
+    m.update({"model": args.model, "split": args.split, "runtime": how, "tta": {"scales": list(scales), "flip": flip}})
+    print(f"{args.model} on {args.data} [{args.split}, {m['images']} images, {how}]")
+    print(format_table(m))
+    if args.json:
+        write_json(args.json, m)
+    return 0

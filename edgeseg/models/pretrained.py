@@ -1,0 +1,102 @@
+"""Load a user's pretrained weights (torchvision/timm ResNet or MobileNetV2, MiT/SegFormer, an edgeseg
+checkpoint) into a model's encoder, matching keys by name and reporting what did and did not load."""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+import torch.nn as nn
+
+from edgeseg.errors import EdgesegError
+
+WRAPPERS = ("state_dict", "model", "model_state_dict")  # {"state_dict": {...}} and the like
+PREFIXES = ("module.", "backbone.", "encoder.", "model.")  # DataParallel, mmseg/timm wrappers, edgeseg's own
+CLASSIFIER = ("fc.", "classifier.", "head.")  # ImageNet heads: never wanted by a segmentation encoder
+
+
+@dataclass
+class LoadReport:
+    path: str
+    target: str
+    loaded: list[str] = field(default_factory=list)
+    missing: list[str] = field(default_factory=list)  # the encoder's tensors the file did not provide
+    unexpected: list[str] = field(default_factory=list)  # the file's tensors the encoder has no place for
+    mismatched: list[str] = field(default_factory=list)  # same name, other shape: left as initialised
+    skipped: list[str] = field(default_factory=list)  # classifier and other known-unused tensors
+
+    def __str__(self) -> str:
+        total = len(self.loaded) + len(self.missing) + len(self.mismatched)
+        lines = [f"pretrained {self.path} -> {self.target}: loaded {len(self.loaded)} of {total} tensors"]
+        for name, keys in (("missing", self.missing), ("shape mismatch", self.mismatched),
+                           ("unexpected", self.unexpected), ("skipped", self.skipped)):
+            if keys:
+                shown = ", ".join(keys[:6]) + (f", ... ({len(keys) - 6} more)" if len(keys) > 6 else "")
+                lines.append(f"  {name} ({len(keys)}): {shown}")
+        return "\n".join(lines)
+
+
+def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
+    """The tensors of a torch.save'd state dict (unwrapping {"state_dict": ...} / {"model": ...}), safely loaded."""
+    path = Path(path)
+    if not path.is_file():
+        raise EdgesegError(f"{path}: no such file; pass a .pt/.pth state dict")
+    try:
+        obj = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # pickle, zip and weights_only errors all mean the same to the user
+        first = str(e).strip().splitlines()[0][:160] if str(e).strip() else type(e).__name__
+        raise EdgesegError(f"{path}: not a PyTorch state dict ({first}); pass a file saved with torch.save(model.state_dict(), ...)")
+    while isinstance(obj, dict) and any(isinstance(obj.get(w), dict) for w in WRAPPERS):
+        obj = next(obj[w] for w in WRAPPERS if isinstance(obj.get(w), dict))
+    tensors = {k: v for k, v in obj.items() if isinstance(v, torch.Tensor)} if isinstance(obj, dict) else {}
+    if not tensors:
+        raise EdgesegError(f"{path}: holds no state dict (a {type(obj).__name__} without tensors); "
+                           "pass a file saved with torch.save(model.state_dict(), ...)")
+    return tensors
+
+
+def _strip(key: str) -> str:
+    stripped = True
+    while stripped:
+        stripped = False
+        for p in PREFIXES:
+            if key.startswith(p):
+                key, stripped = key[len(p):], True
+    return key
+
+
+def load_pretrained(model: nn.Module, path: str | Path, verbose: bool = True) -> LoadReport:
+    """Load the weights in `path` into `model.encoder` (a SegModel) or into `model` itself (a backbone).
+
+    Tensors whose name (after the known prefixes are stripped) and shape match are copied; the rest is
+    reported. A file from which nothing matches is an error: it is for another network.
+    """
+    target = getattr(model, "encoder", model)
+    state = {_strip(k): v for k, v in read_state_dict(path).items()}
+    if hasattr(target, "remap_state_dict"):  # other libraries' names for the same network
+        state = target.remap_state_dict(state)
+    skip = CLASSIFIER + getattr(target, "pretrained_skip", ())
+    own = target.state_dict()
+    report = LoadReport(str(path), f"{type(target).__name__} encoder")
+    accepted = {}
+    for k, v in state.items():
+        if k.startswith(skip):
+            report.skipped.append(k)
+        elif k not in own:
+            report.unexpected.append(k)
+        elif v.shape != own[k].shape:
+            report.mismatched.append(f"{k} {list(v.shape)} vs {list(own[k].shape)}")
+        else:
+            accepted[k] = v
+            report.loaded.append(k)
+    if not accepted:
+        example = ", ".join(list(state)[:3])
+        raise EdgesegError(f"{path}: none of its {len(state)} tensors (e.g. {example}) fits the {type(target).__name__} "
+                           "encoder; pass weights of that backbone")
+    target.load_state_dict(accepted, strict=False)
+    mismatched = {m.split(" ")[0] for m in report.mismatched}
+    # num_batches_tracked only counts BN updates; older checkpoints lack it and nothing depends on it
+    report.missing = [k for k in own if k not in accepted and k not in mismatched and not k.endswith("num_batches_tracked")]
+    if verbose:
+        print(report)
+    return report

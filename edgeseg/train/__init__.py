@@ -1,0 +1,1 @@
+"""Training: losses, schedule and the (DDP-capable, resumable) loop."""

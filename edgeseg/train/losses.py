@@ -1,0 +1,36 @@
+"""Segmentation losses: cross-entropy with ignore index, class weights and optional OHEM."""
+from __future__ import annotations
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+
+def seg_loss(logits: torch.Tensor, target: torch.Tensor, ignore_index: int, weight: torch.Tensor | None = None,
+             ohem_thresh: float | None = None, ohem_min_kept: int = 100_000) -> torch.Tensor:
+    """Mean CE over labelled pixels; with OHEM, only pixels whose true-class probability is below the threshold
+    (at least `ohem_min_kept` of the hardest)."""
+    logits = logits.float()
+    if ohem_thresh is None:
+        return F.cross_entropy(logits, target, weight=weight, ignore_index=ignore_index)
+    pixel = F.cross_entropy(logits, target, weight=weight, ignore_index=ignore_index, reduction="none").flatten()
+    valid = target.flatten() != ignore_index
+    pixel = pixel[valid]
+    if pixel.numel() == 0:
+        return logits.sum() * 0
+    kept = max(int((pixel > -np.log(ohem_thresh)).sum()), min(ohem_min_kept, pixel.numel()))
+    return pixel.topk(kept).values.mean()
+
+
+def median_frequency_weights(dataset, num_classes: int, ignore_index: int) -> np.ndarray:
+    """SegNet's median-frequency balancing: freq(c) = pixels of c / pixels of images containing c; w = median / freq."""
+    count = np.zeros(num_classes, np.float64)
+    img_pixels = np.zeros(num_classes, np.float64)
+    for i in range(len(dataset)):
+        lab = dataset[i][1]
+        hist = np.bincount(lab[lab != ignore_index].ravel(), minlength=num_classes)[:num_classes]
+        count += hist
+        img_pixels[hist > 0] += lab.size
+    freq = np.where(img_pixels > 0, count / np.maximum(img_pixels, 1), 0)
+    med = np.median(freq[freq > 0])
+    return np.where(freq > 0, med / np.maximum(freq, 1e-12), 0).astype(np.float32)
