@@ -1,0 +1,92 @@
+"""Training on real (shrunk) CamVid: resume equals an uninterrupted run, DDP with 2 gloo processes, checkpoints."""
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from edgeseg.errors import EdgesegError
+from edgeseg.models import checkpoint, create
+from edgeseg.train.loop import TrainConfig, train
+from edgeseg.train.schedule import poly_lr
+
+FAST = dict(arch="sfnet", model_options={"fpn_dim": 32}, epochs=2, batch_size=2, crop=(64, 96), val_split=None, limit=4)
+
+
+def _weights(path):
+    return torch.load(path, weights_only=True)["model"]["state_dict"]
+
+
+def test_resume_repeats_an_uninterrupted_run(tiny_camvid, tmp_path):
+    train(TrainConfig(data=str(tiny_camvid), out=str(tmp_path / "full"), **FAST))
+    part = TrainConfig(data=str(tiny_camvid), out=str(tmp_path / "part"), stop_after=1, **FAST)
+    train(part)
+    assert torch.load(tmp_path / "part" / "last.pt", weights_only=True)["epoch"] == 0
+    train(part, resume=True)
+    full, resumed = _weights(tmp_path / "full" / "last.pt"), _weights(tmp_path / "part" / "last.pt")
+    assert full.keys() == resumed.keys()
+    for k in full:
+        assert torch.equal(full[k], resumed[k]), k
+    log = (tmp_path / "part" / "log.csv").read_text().splitlines()
+    assert log[0].startswith("epoch,loss") and len(log) == 3
+
+
+def test_training_reduces_loss_and_refuses_to_overwrite(tiny_camvid, tmp_path):
+    cfg = TrainConfig(data=str(tiny_camvid), out=str(tmp_path / "r"), **{**FAST, "epochs": 6, "limit": 8, "batch_size": 4})
+    hist = train(cfg)["history"]
+    assert hist[-1]["loss"] < hist[0]["loss"]
+    with pytest.raises(EdgesegError, match="--resume"):
+        train(cfg)
+    assert not (tmp_path / "r" / "best.pt").exists()  # best.pt needs a validation split
+
+
+def test_checkpoint_errors(tmp_path, tiny_camvid):
+    bad = tmp_path / "bad.pt"
+    bad.write_bytes(b"garbage")
+    with pytest.raises(EdgesegError, match="bad.pt: not a readable edgeseg checkpoint"):
+        checkpoint.load_record(str(bad))
+    torch.save({"conv.weight": torch.zeros(1)}, tmp_path / "plain.pt")
+    with pytest.raises(EdgesegError, match="not an edgeseg checkpoint"):
+        checkpoint.load_record(str(tmp_path / "plain.pt"))
+    from edgeseg.data import CAMVID
+    rec = checkpoint.model_record(create("sfnet", 11, fpn_dim=32), CAMVID)
+    rec["num_classes"] = 5  # weights of 11 classes claimed as 5
+    with pytest.raises(EdgesegError, match="do not fit sfnet with 5 classes"):
+        checkpoint.build_model(rec)
+    # a record that would need unpickling code is refused by weights_only loading
+    torch.save({"format": checkpoint.FORMAT, "obj": TrainConfig("a", "b", "c")}, tmp_path / "code.pt")
+    with pytest.raises(EdgesegError, match="not a readable"):
+        checkpoint.load_record(str(tmp_path / "code.pt"))
+
+
+def test_fp16_record_round_trip(tmp_path):
+    from edgeseg.data import CAMVID
+    model = create("sfnet", 11, fpn_dim=32).eval()
+    checkpoint.save(checkpoint.model_record(model, CAMVID, fp16=True), tmp_path / "m.pt")
+    loaded, rec = checkpoint.load_model(str(tmp_path / "m.pt"))
+    x = torch.randn(1, 3, 64, 64)
+    with torch.no_grad():
+        assert torch.allclose(model(x), loaded(x), atol=5e-2)
+    assert checkpoint.classes_of(rec) == CAMVID
+
+
+def test_poly_schedule():
+    assert poly_lr(0, 100, 1.0, warmup=10) == pytest.approx(0.1)
+    assert poly_lr(10, 100, 1.0, warmup=10) == pytest.approx(1.0)
+    assert poly_lr(100, 100, 1.0, warmup=10) == pytest.approx(0.0)
+    assert poly_lr(55, 100, 1.0, warmup=10) == pytest.approx(0.5 ** 0.9)
+
+
+def test_ddp_two_gloo_processes(tiny_camvid, tmp_path):
+    out = tmp_path / "ddp"
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29517",
+           "-m", "edgeseg", "train", "--arch", "sfnet", "--opt", "fpn_dim=32", "--data", str(tiny_camvid), "--out", str(out),
+           "--epochs", "1", "--batch-size", "2", "--crop", "64x96", "--val-split", "", "--limit", "8"]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    res = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env=env)
+    assert res.returncode == 0, res.stderr[-2000:]
+    state = torch.load(out / "last.pt", weights_only=True)
+    assert state["epoch"] == 0 and state["history"][0]["loss"] > 0
+    # 8 images over 2 processes of batch 2: 2 steps each
+    assert "2/2" in res.stderr
