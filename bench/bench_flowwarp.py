@@ -7,7 +7,8 @@ warm-up. Needs the [train] extra (torch, onnx) and the built op (`edgeseg kernel
 
     python bench/bench_flowwarp.py [--threads 2] [--sizes 360x480,1024x2048] [--runs 50]
 
-The GPU side (CUDA kernel against torch grid_sample) needs a CUDA machine and is not in this script.
+GPU: not measured by this script (the CUDA kernel is reached through the TensorRT plugin; compare
+engines with `edgeseg bench` on a GPU machine).
 """
 from __future__ import annotations
 
@@ -16,6 +17,7 @@ import platform
 import statistics
 import tempfile
 import time
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -45,8 +47,10 @@ def stride_size(n: int, stride: int) -> int:
 def export_gridsample(path: Path) -> None:
     x, flow = torch.randn(1, CHANNELS, 12, 15), torch.randn(1, 2, 23, 30)
     axes = {0: "N", 2: "h", 3: "w"}
-    torch.onnx.export(FlowWarp(), (x, flow), str(path), dynamo=False, opset_version=17, input_names=["X", "FLOW"],
-                      output_names=["Y"], dynamic_axes={"X": axes, "FLOW": {0: "N", 2: "H", 3: "W"}, "Y": {0: "N", 2: "H", 3: "W"}})
+    with warnings.catch_warnings():  # the TorchScript exporter's deprecation and tracer notes
+        warnings.simplefilter("ignore")
+        torch.onnx.export(FlowWarp(), (x, flow), str(path), dynamo=False, opset_version=17, input_names=["X", "FLOW"],
+                          output_names=["Y"], dynamic_axes={"X": axes, "FLOW": {0: "N", 2: "H", 3: "W"}, "Y": {0: "N", 2: "H", 3: "W"}})
 
 
 def flowwarp_model() -> bytes:

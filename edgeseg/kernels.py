@@ -97,6 +97,9 @@ def build(build_dir: str | os.PathLike | None = None, cuda_archs: str | None = N
         log(f"built    {target}")
     for target, why in summary["skipped"].items():
         log(f"skipped  {target}: {why}")
+    if "cuda_archs_dropped" in summary:
+        log(f"note     CUDA architectures {summary['cuda_archs_dropped']}")
+    log(f"libraries in {out / 'lib'}")
     return summary
 
 
