@@ -19,11 +19,24 @@ ZOO_DIR = Path(__file__).resolve().parent.parent / "zoo"
 SHIPPED = {"demo": ZOO_DIR / "demo.pt"}
 
 
-def model_record(model, classes: ClassInfo, mean=IMAGENET_MEAN, std=IMAGENET_STD, train_size=None, fp16=False) -> dict:
-    state = {k: (v.half() if fp16 and v.is_floating_point() else v) for k, v in model.state_dict().items()}
-    return {"format": FORMAT, "arch": model.arch, "num_classes": model.num_classes, "hparams": dict(model.hparams),
-            "classes": classes.to_dict(), "mean": list(mean), "std": list(std), "train_size": train_size,
-            "state_dict": state}
+def model_record(model, classes: ClassInfo, mean=IMAGENET_MEAN, std=IMAGENET_STD, train_size=None, weights: str = "fp32") -> dict:
+    """weights: fp32, fp16, or int8 (conv/linear weights as per-output-channel symmetric int8 with fp32 scales,
+    the rest fp16): a compact file to ship; loading dequantizes to fp32."""
+    state, scales = {}, {}
+    for k, v in model.state_dict().items():
+        if weights == "int8" and v.is_floating_point() and v.dim() >= 2:
+            scale = v.abs().amax(dim=tuple(range(1, v.dim())), keepdim=True).clamp(min=1e-12) / 127
+            state[k], scales[k] = torch.round(v / scale).to(torch.int8), scale.float()
+        elif weights in ("fp16", "int8") and v.is_floating_point():
+            state[k] = v.half()
+        else:
+            state[k] = v
+    rec = {"format": FORMAT, "arch": model.arch, "num_classes": model.num_classes, "hparams": dict(model.hparams),
+           "classes": classes.to_dict(), "mean": list(mean), "std": list(std), "train_size": train_size,
+           "state_dict": state}
+    if scales:
+        rec["int8_scales"] = scales
+    return rec
 
 
 def save(record: dict, path: str | Path) -> None:
@@ -55,9 +68,11 @@ def load_record(name_or_path: str) -> dict:
 
 
 def build_model(rec: dict, source: str = "checkpoint"):
-    """Rebuild the model of a record and load its weights (as float32)."""
+    """Rebuild the model of a record and load its weights (as float32, dequantized if stored as int8)."""
     model = create(rec["arch"], rec["num_classes"], **rec["hparams"])
-    state = {k: v.float() if v.is_floating_point() else v for k, v in rec["state_dict"].items()}
+    scales = rec.get("int8_scales", {})
+    state = {k: v.float() * scales[k] if k in scales else v.float() if v.is_floating_point() else v
+             for k, v in rec["state_dict"].items()}
     try:
         model.load_state_dict(state)
     except RuntimeError as e:
