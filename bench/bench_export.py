@@ -1,0 +1,185 @@
+"""Export on this CPU: PyTorch eager fp32 vs ONNX Runtime fp32 vs ONNX Runtime INT8, latency and mIoU, one run.
+
+For each model (a checkpoint or shipped name; default `demo`), exports through `edgeseg.export.export_model`
+(cached in --work), then times each form on one CamVid val frame at 360x480 (median and p90 of --runs after
+--warmup, --threads intra-op threads) and measures mIoU on CamVid val through the same evaluation as
+`edgeseg eval`. INT8 comes in its two Q/DQ forms: `tensorrt` (what TensorRT >= 10 builds from) and `cpu` (what
+ONNX Runtime on x86 runs fastest). `--int8-variants` adds the quantization settings that were compared to
+choose the cpu form. Prints Markdown; `--out FILE` also writes it with the machine's details.
+
+    python bench/bench_export.py [--model demo] [--threads 2] [--runs 20] [--int8-variants] [--out FILE]
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import statistics
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import onnxruntime as ort
+import torch
+
+from edgeseg.data import SegFolder, read_image
+from edgeseg.export import export_model
+from edgeseg.export.graph import get_meta, load
+from edgeseg.export.pipeline import default_data_root
+from edgeseg.export.validate import image_files, miou, model_input
+from edgeseg.fileio import write_text
+from edgeseg.models import checkpoint
+from edgeseg.models.predictor import TorchPredictor
+
+SIZE = (360, 480)
+
+
+def timed(fn, x, warmup: int, runs: int) -> dict:
+    for _ in range(warmup):
+        fn(x)
+    times = []
+    for _ in range(runs):
+        t = time.perf_counter()
+        fn(x)
+        times.append(1000 * (time.perf_counter() - t))
+    return {"median_ms": statistics.median(times), "p90_ms": float(np.percentile(times, 90))}
+
+
+def ort_session(path, threads: int, level=ort.GraphOptimizationLevel.ORT_ENABLE_ALL):
+    from edgeseg.kernels import register_ort_ops
+
+    so = ort.SessionOptions()
+    so.intra_op_num_threads, so.inter_op_num_threads = threads, 1
+    so.graph_optimization_level = level
+    register_ort_ops(so, str(path))
+    sess = ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"])
+    name = sess.get_inputs()[0].name
+    return lambda x: sess.run(None, {name: x})[0]
+
+
+def int8_variants(fp32: Path, calib_files, meta: dict, work: Path) -> dict[str, Path]:
+    """The quantization settings compared for ONNX Runtime on x86 (all on the same calibration ranges method)."""
+    from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
+
+    from edgeseg.export.int8 import CalibrationImages, chunk_size, float_matmuls
+
+    images = CalibrationImages(calib_files, meta)
+    keep = float_matmuls(load(fp32))
+    base = dict(quant_format=QuantFormat.QDQ, activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
+                per_channel=True, reduce_range=False, nodes_to_exclude=keep, op_types_to_quantize=None, extra_options={})
+    variants = {
+        "QDQ u8s8 per-channel, all ops (cpu form)": {},
+        "QDQ u8s8 per-tensor, all ops": {"per_channel": False},
+        "QDQ u8s8 per-channel reduce_range": {"reduce_range": True},
+        "QDQ u8s8, Conv/MatMul only": {"op_types_to_quantize": ["Conv", "MatMul", "Gemm"]},
+        "QOperator u8s8 per-channel": {"quant_format": QuantFormat.QOperator},
+        "QDQ s8s8 symmetric, all ops": {"activation_type": QuantType.QInt8, "extra_options": {"ActivationSymmetric": True}},
+    }
+    out = {}
+    for name, change in variants.items():
+        args = {**base, **change}
+        path = work / f"variant{len(out)}.onnx"
+        images.rewind()
+        quantize_static(str(fp32), str(path), images, calibrate_method=CalibrationMethod.Percentile,
+                        extra_options={"CalibStridedMinMax": chunk_size(len(images)), "CalibPercentile": 99.99, **args.pop("extra_options")}, **args)
+        out[name] = path
+    return out
+
+
+def bench_model(model: str, args, work: Path) -> list[dict]:
+    data = Path(args.data) if args.data else default_data_root()
+    val = SegFolder(data, "val")
+    x_rgb = read_image(image_files(data, "val")[0])
+    reports = {}
+    for target in ("tensorrt", "cpu"):
+        reports[target] = export_model(model, work / f"{Path(model).stem}-{target}", ("fp32", "int8"), data=str(data),
+                                       int8_target=target, calib_images=args.calib_images, guard_images=args.images,
+                                       max_loss=args.max_loss)
+    rep = reports["tensorrt"]
+    fp32 = Path(rep["outputs"]["fp32"]["path"])
+    meta = get_meta(load(fp32))
+    x = model_input([x_rgb], SIZE, meta)
+    torch.set_num_threads(args.threads)
+    net, _ = checkpoint.load_model(model)
+    rows = []
+
+    def row(backend, precision, form, fn, metrics, note=""):
+        t = timed(fn, x, args.warmup, args.runs)
+        rows.append({"model": Path(model).stem, "backend": backend, "precision": precision, "form": form, **t,
+                     "miou": metrics["miou"] if metrics else None, "note": note})
+        print(f"  {backend} {precision} {form}: {t['median_ms']:.1f} ms", flush=True)
+
+    torch_pred = TorchPredictor(net)
+    eager = miou(torch_pred, val, meta, limit=args.images)
+    row("PyTorch eager", "fp32", "-", torch_pred, eager)
+    row("ONNX Runtime", "fp32", "-", ort_session(fp32, args.threads), rep["metrics"]["fp32"])
+    for target, r in reports.items():
+        g = r["int8"].get("guard", {})
+        row("ONNX Runtime", "int8", f"Q/DQ {target}", ort_session(Path(r["outputs"]["int8"]["path"]), args.threads),
+            r["metrics"]["int8"], note=f"{len(g.get('float_nodes', []))} layers kept float by the guard")
+    if args.int8_variants:
+        calib = r["int8"]["calibration"]
+        from edgeseg.export.validate import pick
+
+        files = pick(image_files(calib["folder"], "train"), calib["images"])
+        for name, path in int8_variants(fp32, files, meta, work).items():
+            fn = ort_session(path, args.threads)
+            row("ONNX Runtime", "int8", name, fn, miou(lambda b, f=fn: f(b), val, meta, limit=args.images))
+        cpu = Path(reports["cpu"]["outputs"]["int8"]["path"])
+        row("ONNX Runtime", "int8", "cpu form, graph optimisation EXTENDED",
+            ort_session(cpu, args.threads, ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED), reports["cpu"]["metrics"]["int8"])
+        row("ONNX Runtime", "int8", "cpu form, graph optimisation BASIC",
+            ort_session(cpu, args.threads, ort.GraphOptimizationLevel.ORT_ENABLE_BASIC), reports["cpu"]["metrics"]["int8"])
+    return rows
+
+
+def table(rows: list[dict]) -> str:
+    eager = {r["model"]: r["median_ms"] for r in rows if r["backend"] == "PyTorch eager"}
+    base = {r["model"]: r["miou"] for r in rows if r["backend"] == "PyTorch eager"}
+    out = ["| model | backend | precision | form | median ms | p90 ms | vs eager | mIoU % | Δ mIoU (points) | note |",
+           "|---|---|---|---|---:|---:|---:|---:|---:|---|"]
+    for r in rows:
+        d = "–" if r["miou"] is None else f"{100 * (r['miou'] - base[r['model']]):+.2f}"
+        m = "–" if r["miou"] is None else f"{100 * r['miou']:.2f}"
+        out.append(f"| {r['model']} | {r['backend']} | {r['precision']} | {r['form']} | {r['median_ms']:.1f} | {r['p90_ms']:.1f} | "
+                   f"{eager[r['model']] / r['median_ms']:.2f}× | {m} | {d} | {r['note']} |")
+    return "\n".join(out)
+
+
+def machine() -> str:
+    cpu = next((l.split(":", 1)[1].strip() for l in open("/proc/cpuinfo") if l.startswith("model name")), platform.processor())
+    return (f"{cpu}, {platform.machine()}, Python {platform.python_version()}, torch {torch.__version__}, "
+            f"onnxruntime {ort.__version__}")
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--model", action="append", default=None, help="checkpoint or shipped name (repeatable; default demo)")
+    p.add_argument("--data", default=None, help="CamVid root (default ../shared/data/camvid)")
+    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--runs", type=int, default=20)
+    p.add_argument("--warmup", type=int, default=5)
+    p.add_argument("--images", type=int, default=None, help="val images for mIoU (default all 101)")
+    p.add_argument("--calib-images", type=int, default=32)
+    p.add_argument("--max-loss", type=float, default=0.5)
+    p.add_argument("--int8-variants", action="store_true", help="also time the quantization settings compared")
+    p.add_argument("--work", default=None, help="export folder (kept, so a rerun reuses the exports)")
+    p.add_argument("--out", default=None, help="also write the Markdown here")
+    args = p.parse_args()
+    models = args.model or ["demo"]
+    work = Path(args.work or tempfile.mkdtemp(prefix="edgeseg-bench-export-"))
+    rows = []
+    for m in models:
+        print(f"{m}:", flush=True)
+        rows += bench_model(m, args, work)
+    text = (f"Export latency on the CPU: {SIZE[0]}x{SIZE[1]}, batch 1, {args.threads} threads, median of {args.runs} after "
+            f"{args.warmup} warm-up runs; mIoU on CamVid val ({args.images or 'all'} images)\n\n{table(rows)}\n\n"
+            f"Machine: {machine()}")
+    print("\n" + text)
+    if args.out:
+        write_text(args.out, text + "\n\n```json\n" + json.dumps(rows, indent=1) + "\n```\n")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,77 @@
+"""Mixed-precision FP16: explicit casts in the graph (what TensorRT >= 10 builds strongly typed and ORT runs).
+
+Convolutions, matrix products and elementwise work run in fp16; numerically sensitive ops stay in fp32:
+softmax, reductions, normalisations, resampling, index arithmetic computed from shapes, and each flow warp's
+grid arithmetic with its GridSample (a grid coordinate in fp16 is off by up to 1/2048 of the image: a pixel
+at 1024 wide). Inputs and outputs keep their types, so a runtime feeds an fp16 model like the fp32 one.
+"""
+from __future__ import annotations
+
+import warnings
+
+import onnx
+from onnxconverter_common import float16
+
+from edgeseg.errors import EdgesegError
+from edgeseg.export.flowwarp import grid_cones
+from edgeseg.export.graph import producers, shape_derived
+from edgeseg.kernels import OP_TYPE
+
+FP32_OPS = sorted(set(float16.DEFAULT_OP_BLOCK_LIST) | {
+    "Softmax", "LogSoftmax", "ReduceMean", "ReduceSum", "ReduceMax", "ReduceMin", "ReduceProd", "ReduceL1",
+    "ReduceL2", "ReduceLogSum", "ReduceLogSumExp", "ReduceSumSquare", "LayerNormalization", "BatchNormalization",
+    "InstanceNormalization", "GroupNormalization", "LpNormalization", "MeanVarianceNormalization",
+    "GridSample", OP_TYPE, "Range", "Resize", "Exp", "Log", "Pow", "Sqrt", "Reciprocal", "Erf",
+})
+
+
+def name_nodes(graph: onnx.GraphProto) -> None:
+    """Give every node a unique name (block lists and reports refer to nodes by name)."""
+    used = {n.name for n in graph.node if n.name}
+    for i, n in enumerate(graph.node):
+        if not n.name:
+            name = f"{n.op_type}_{i}"
+            while name in used:
+                name += "_"
+            n.name = name
+            used.add(name)
+
+
+def fp32_nodes(model: onnx.ModelProto) -> list[str]:
+    """Names of the nodes kept in fp32 besides FP32_OPS: grid cones and shape-derived arithmetic."""
+    graph = model.graph
+    derived = shape_derived(graph)
+    keep = {n.name for _, cone in grid_cones(graph) for n in cone.nodes}
+    for n in graph.node:
+        outs = [o for o in n.output if o]
+        if outs and all(o in derived for o in outs):
+            keep.add(n.name)  # index maths and pooling matrices built from the input size
+        elif n.op_type == "MatMul" and any(i in derived for i in n.input):
+            keep.add(n.name)  # a product with a shape-derived matrix is a pooling (a reduction)
+    return sorted(keep)
+
+
+def to_fp16(model: onnx.ModelProto) -> tuple[onnx.ModelProto, dict]:
+    """(fp16 model, {"fp32_ops": [...], "fp32_nodes": n}); the input model is not changed."""
+    model = onnx.ModelProto.FromString(model.SerializeToString())
+    del model.graph.value_info[:]  # stale entries would be duplicated, with conflicting types, by the converter
+    name_nodes(model.graph)
+    nodes = fp32_nodes(model)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # one warning per weight clamped to the fp16 range
+            out = float16.convert_float_to_float16(model, keep_io_types=True, op_block_list=FP32_OPS,
+                                                   node_block_list=nodes)
+    except Exception as e:  # the converter raises plain exceptions from shape inference and graph surgery
+        raise EdgesegError(f"FP16 conversion failed ({type(e).__name__}: {str(e).splitlines()[0][:200]})") from None
+    out.ir_version = model.ir_version
+    return out, {"fp32_ops": [o for o in FP32_OPS if any(n.op_type == o for n in model.graph.node)],
+                 "fp32_nodes": len(nodes) + sum(1 for n in model.graph.node if n.op_type in FP32_OPS)}
+
+
+def float_types(model: onnx.ModelProto) -> dict[str, int]:
+    """Element type of every node's first float output (shape inference), by node name: what a test checks."""
+    inferred = onnx.shape_inference.infer_shapes(model)
+    types = {v.name: v.type.tensor_type.elem_type for v in list(inferred.graph.value_info) + list(inferred.graph.output)}
+    prod = producers(inferred.graph)
+    return {prod[t].name: types[t] for t in types if t in prod}

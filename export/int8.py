@@ -1,0 +1,253 @@
+"""INT8: post-training static quantization to explicit Q/DQ ONNX, with an accuracy guard.
+
+Placement for TensorRT (strongly typed, TensorRT >= 10): symmetric int8 Q/DQ on the inputs and weights of Conv,
+MatMul and Gemm (per-channel weights), nothing on their outputs, so that Resize, GridSample / FlowWarp, Softmax,
+the elementwise ops and everything computed from shapes stay in float; products with a shape-derived matrix
+(the dynamic pooling of a PPM) stay float too: their values change with the input size, which calibration
+cannot describe. The `cpu` form is what ONNX Runtime on x86 runs fastest (uint8 activations, Relu folded
+into the quantization range, Add / Concat / Resize quantized too); TensorRT rejects it (uint8, zero points).
+
+The guard measures mIoU of fp32 and int8 on a held-out split; when int8 loses more than `max_loss` points it
+ranks the quantized layers by the output error each one alone causes and leaves the worst in float, as few as
+the loss allows.
+"""
+from __future__ import annotations
+
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Sequence
+
+import numpy as np
+import onnx
+from tqdm import tqdm
+
+from edgeseg.errors import EdgesegError
+from edgeseg.export.graph import shape_derived
+from edgeseg.export.validate import OrtPredictor, fit_size, model_input
+
+CALIB_METHODS = ("minmax", "entropy", "percentile")
+TARGETS = ("tensorrt", "cpu")
+QUANTIZED_OPS = ("Conv", "MatMul", "Gemm")
+
+
+@dataclass
+class QuantConfig:
+    method: str = "percentile"
+    percentile: float = 99.99
+    target: str = "tensorrt"
+    per_channel: bool = True
+
+    def __post_init__(self):
+        if self.method not in CALIB_METHODS:
+            raise EdgesegError(f"unknown calibration method {self.method!r}; use one of: {', '.join(CALIB_METHODS)}")
+        if self.target not in TARGETS:
+            raise EdgesegError(f"unknown int8 target {self.target!r}; use one of: {', '.join(TARGETS)}")
+        if not 90.0 <= self.percentile <= 100.0:
+            raise EdgesegError(f"calibration percentile {self.percentile} is out of range; use 90..100 (e.g. 99.99)")
+
+
+class CalibrationImages:
+    """ONNX Runtime's calibration reader over real images, each at its own size (rounded to the size divisor).
+
+    Images are decoded once and kept, because the guard quantizes many times.
+    """
+
+    def __init__(self, files: Sequence[Path], meta: dict, input_name: str = "images"):
+        from edgeseg.export.validate import read_images
+
+        if not files:
+            raise EdgesegError("no calibration images; pass --calib with a folder of images")
+        self.files, self.meta, self.input_name = list(files), meta, input_name
+        self.images = read_images(self.files)
+        self.set_range(0, len(self.images))
+
+    def __len__(self) -> int:
+        return len(self.images)
+
+    def set_range(self, start_index: int, end_index: int) -> None:
+        self._it = iter(range(start_index, min(end_index, len(self.images))))
+
+    def get_next(self) -> dict | None:
+        i = next(self._it, None)
+        if i is None:
+            return None
+        img = self.images[i]
+        size = fit_size(*img.shape[:2], self.meta["input"]["size_divisor"])
+        return {self.input_name: model_input([img], size, self.meta)}
+
+    def rewind(self) -> None:
+        self.set_range(0, len(self.images))
+
+
+def float_matmuls(model: onnx.ModelProto) -> list[str]:
+    """MatMul / Gemm nodes with a shape-derived operand (adaptive pooling matrices): kept in float."""
+    derived = shape_derived(model.graph)
+    return [n.name for n in model.graph.node if n.op_type in ("MatMul", "Gemm") and any(i in derived for i in n.input)]
+
+
+def quantizable_nodes(model: onnx.ModelProto) -> list[str]:
+    """The nodes the tensorrt placement quantizes, in graph order."""
+    keep_float = set(float_matmuls(model))
+    return [n.name for n in model.graph.node if n.op_type in QUANTIZED_OPS and n.name not in keep_float]
+
+
+def chunk_size(n: int, most: int = 4) -> int:
+    """Images per calibration pass (bounds the memory of intermediate outputs); must divide n."""
+    return max(d for d in range(1, min(most, n) + 1) if n % d == 0)
+
+
+def quantize(fp32: Path, out: Path, images: CalibrationImages, cfg: QuantConfig, *, exclude: Sequence[str] = (),
+             only: Sequence[str] | None = None, cache: Path | None = None) -> Path:
+    """Write the Q/DQ model of `fp32` to `out`; calibration ranges are cached in `cache` (JSON) for reuse."""
+    from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
+
+    model = onnx.load(str(fp32))
+    names = {n.name for n in model.graph.node}
+    missing = [n for n in list(exclude) + list(only or []) if n not in names]
+    if missing:
+        raise EdgesegError(f"{fp32}: no node named {missing[0]!r} to keep in float; check the node names in report.json")
+    trt = cfg.target == "tensorrt"
+    options = {"CalibStridedMinMax": chunk_size(len(images)), "CalibPercentile": cfg.percentile,
+               "ActivationSymmetric": trt, "CalibTensorRangeSymmetric": trt, "WeightSymmetric": True}
+    if trt:
+        options["OpTypesToExcludeOutputQuantization"] = list(QUANTIZED_OPS)
+        options["QDQKeepRemovableActivations"] = True
+    method = {"minmax": CalibrationMethod.MinMax, "entropy": CalibrationMethod.Entropy,
+              "percentile": CalibrationMethod.Percentile}[cfg.method]
+    images.rewind()
+    try:
+        quantize_static(str(fp32), str(out), images, quant_format=QuantFormat.QDQ, per_channel=cfg.per_channel,
+                        activation_type=QuantType.QInt8 if trt else QuantType.QUInt8, weight_type=QuantType.QInt8,
+                        op_types_to_quantize=list(QUANTIZED_OPS) if trt else None, nodes_to_quantize=list(only or []),
+                        nodes_to_exclude=list(exclude) + float_matmuls(model), calibrate_method=method,
+                        extra_options=options, calibration_cache_path=str(cache) if cache else None)
+    except EdgesegError:
+        raise
+    except Exception as e:  # onnxruntime.quantization raises ValueError / RuntimeError / ORT errors
+        raise EdgesegError(f"INT8 quantization of {fp32} failed ({type(e).__name__}: {str(e).strip().splitlines()[0][:200]})") from None
+    q = onnx.load(str(out))
+    q.ir_version = model.ir_version
+    onnx.save(q, str(out))
+    return out
+
+
+def qdq_summary(model: onnx.ModelProto) -> dict:
+    """Which ops read a dequantized tensor (quantized inputs) and which do not: the placement a test checks."""
+    from edgeseg.export.graph import producers
+
+    prod = producers(model.graph)
+    quantized: dict[str, int] = {}
+    floating: dict[str, int] = {}
+    for n in model.graph.node:
+        if n.op_type in ("QuantizeLinear", "DequantizeLinear"):
+            continue
+        reads_dq = any(i in prod and prod[i].op_type == "DequantizeLinear" for i in n.input)
+        bucket = quantized if reads_dq else floating
+        bucket[n.op_type] = bucket.get(n.op_type, 0) + 1
+    return {"quantized_inputs": quantized, "float_inputs": floating}
+
+
+# ---------------------------------------------------------------- accuracy guard
+@dataclass
+class GuardResult:
+    fp32: dict  # metrics of the fp32 model on the guard split ({"miou", ...})
+    int8: dict  # metrics of the int8 model written
+    max_loss: float
+    float_nodes: list[str] = field(default_factory=list)
+    steps: list[dict] = field(default_factory=list)  # {"float_nodes": k, "miou": m, "loss_points": points}
+    sensitivity: list[dict] = field(default_factory=list)  # {"node", "error"} worst first
+
+    @property
+    def fp32_miou(self) -> float:
+        return self.fp32["miou"]
+
+    @property
+    def int8_miou(self) -> float:
+        return self.int8["miou"]
+
+    @property
+    def loss(self) -> float:
+        return 100.0 * (self.fp32_miou - self.int8_miou)
+
+    def to_dict(self) -> dict:
+        return {"fp32_miou": self.fp32_miou, "int8_miou": self.int8_miou, "loss_points": self.loss,
+                "max_loss": self.max_loss, "float_nodes": self.float_nodes, "steps": self.steps,
+                "sensitivity": self.sensitivity}
+
+
+def sensitivity(fp32: Path, images: CalibrationImages, cfg: QuantConfig, cache: Path, work: Path, *,
+                probe: int = 4, progress: bool = True) -> list[dict]:
+    """Output error (mean squared logit error / mean squared logit) caused by quantizing each layer alone.
+
+    Measured on the first `probe` calibration images; worst first.
+    """
+    model = onnx.load(str(fp32))
+    nodes = quantizable_nodes(model)
+    ref = OrtPredictor(fp32)
+    probes = [images.images[i] for i in range(min(probe, len(images)))]
+    feeds = [model_input([img], fit_size(*img.shape[:2], images.meta["input"]["size_divisor"]), images.meta) for img in probes]
+    want = [ref(x) for x in feeds]
+    out = []
+    for name in tqdm(nodes, desc="int8 sensitivity", unit="layer", disable=not progress, leave=False):
+        path = quantize(fp32, work / "probe.onnx", images, cfg, only=[name], cache=cache)
+        run = OrtPredictor(path)
+        err = float(np.mean([np.mean((run(x) - w) ** 2) / max(float(np.mean(w ** 2)), 1e-12) for x, w in zip(feeds, want)]))
+        out.append({"node": name, "error": err})
+    return sorted(out, key=lambda r: -r["error"])
+
+
+def guarded_quantize(fp32: Path, out: Path, images: CalibrationImages, cfg: QuantConfig, evaluate: Callable[[Path], dict],
+                     *, max_loss: float = 0.5, progress: bool = True) -> GuardResult:
+    """Quantize; while int8 loses more than max_loss mIoU points, keep the most sensitive layers in float.
+
+    `evaluate(onnx_path) -> {"miou": 0..1, ...}` on the guard split. The number of layers kept in float is
+    searched by doubling, then bisection: the smallest count found whose loss is within max_loss (about
+    2 log2(layers) evaluations; the loss is close to monotonic in that count, not exactly).
+    """
+    with tempfile.TemporaryDirectory(prefix="edgeseg-int8-") as tmp:
+        work = Path(tmp)
+        cache = work / "ranges.json"
+        base = evaluate(fp32)
+        quantize(fp32, out, images, cfg, cache=cache)
+        result = GuardResult(fp32=base, int8=evaluate(out), max_loss=max_loss)
+        result.steps.append({"float_nodes": 0, "miou": result.int8_miou, "loss_points": result.loss})
+        if result.loss <= max_loss:
+            return result
+        ranked = sensitivity(fp32, images, cfg, cache, work, progress=progress)
+        if not ranked:
+            raise EdgesegError(f"INT8 loses {result.loss:.2f} mIoU points and {fp32} has no layer to keep in float")
+        result.sensitivity = ranked
+        order = [r["node"] for r in ranked]
+        trials: dict[int, dict] = {0: result.int8}
+
+        def loss(k: int) -> float:
+            if k not in trials:
+                path = quantize(fp32, work / f"k{k}.onnx", images, cfg, exclude=order[:k], cache=cache)
+                trials[k] = evaluate(path)
+                result.steps.append({"float_nodes": k, "miou": trials[k]["miou"],
+                                     "loss_points": 100.0 * (base["miou"] - trials[k]["miou"])})
+            return 100.0 * (base["miou"] - trials[k]["miou"])
+
+        lo, hi = 0, 1
+        while loss(hi) > max_loss:
+            if hi >= len(order):  # every layer in float and still too far off: the float graphs disagree
+                raise EdgesegError(f"INT8 loses {loss(hi):.2f} mIoU points even with every layer in float; "
+                                   f"check the calibration images or export without int8")
+            lo, hi = hi, min(2 * hi, len(order))
+        while hi - lo > 1:
+            mid = (lo + hi) // 2
+            lo, hi = (lo, mid) if loss(mid) <= max_loss else (mid, hi)
+        quantize(fp32, out, images, cfg, exclude=order[:hi], cache=cache)
+        result.float_nodes, result.int8 = order[:hi], trials[hi]
+        return result
+
+
+def calibration_summary(images: CalibrationImages, cfg: QuantConfig, folder: Path) -> dict:
+    sizes = sorted({tuple(img.shape[:2]) for img in images.images})
+    out = {"folder": str(folder), "images": len(images), "method": cfg.method, "sizes": [list(s) for s in sizes],
+           "target": cfg.target, "per_channel_weights": cfg.per_channel}
+    if cfg.method == "percentile":
+        out["percentile"] = cfg.percentile
+    return out
+

@@ -1,0 +1,422 @@
+"""The export stage on real CamVid frames: parity, metadata, fp16, int8 Q/DQ and its guard, FlowWarp graphs, bad input."""
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import cv2
+import numpy as np
+import onnx
+import onnxruntime as ort
+import pytest
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from edgeseg.cli import main
+from edgeseg.data import CAMVID, read_image
+from edgeseg.errors import EdgesegError
+from edgeseg.export import export_model
+from edgeseg.export.flowwarp import FlowWarpMatchError, count_flowwarp, fuse_flowwarp
+from edgeseg.export.fp16 import FP32_OPS, float_types, fp32_nodes
+from edgeseg.export.graph import get_meta, load, op_counts
+from edgeseg.export.int8 import CalibrationImages, QuantConfig, guarded_quantize, qdq_summary, quantizable_nodes
+from edgeseg.export.torch_export import Deployable, example_input, export_onnx
+from edgeseg.export.validate import OrtPredictor, image_files, model_input
+from edgeseg.fileio import sha256_file
+from edgeseg.kernels import find_library
+from edgeseg.meta import META_KEY, parse_meta
+from edgeseg.models import available, checkpoint, create
+
+SIZES = ((64, 96), (96, 128), (80, 160))  # H and W not multiples of 32: SFNet's resizes and warps at odd ratios
+F16, F32 = onnx.TensorProto.FLOAT16, onnx.TensorProto.FLOAT
+
+
+def realistic(model: nn.Module, images: np.ndarray, seed: int = 0) -> nn.Module:
+    """Random weights that behave like trained ones where it matters here: non-zero flows (SFNet initialises
+    them to zero) and batch-norm statistics of real images."""
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for p in model.parameters():
+            if not p.any():
+                p.copy_(torch.randn(p.shape, generator=g) * 0.05)
+        for m in model.modules():
+            if isinstance(m, nn.BatchNorm2d):
+                m.momentum = None  # cumulative average over the batch below
+        model.train()(torch.from_numpy(images))
+    return model.eval()
+
+
+@pytest.fixture(scope="module")
+def frames(camvid) -> list[np.ndarray]:
+    return [read_image(p) for p in image_files(camvid, "val")[::25][:4]]
+
+
+@pytest.fixture(scope="module")
+def sfnet_ckpt(tmp_path_factory, frames) -> Path:
+    torch.manual_seed(0)
+    model = create("sfnet", CAMVID.num_classes, fpn_dim=32, aux=False)
+    meta = {"input": {"mean": [0.485, 0.456, 0.406], "std": [0.229, 0.224, 0.225], "dtype": "float32", "layout": "NCHW"}}
+    realistic(model, model_input(frames, (96, 128), meta))
+    path = tmp_path_factory.mktemp("ckpt") / "sfnet-tiny.pt"
+    checkpoint.save(checkpoint.model_record(model, CAMVID, train_size=[96, 128]), path)
+    return path
+
+
+@pytest.fixture(scope="module")
+def ort_ops():
+    if find_library("ort") is None:
+        pytest.skip("the FlowWarp ONNX Runtime op is not built (`edgeseg kernels build`)")
+
+
+@pytest.fixture(scope="module")
+def exported(sfnet_ckpt, tiny_camvid, tmp_path_factory, ort_ops) -> dict:
+    """One export of everything the tests below inspect: fp32, fp16, int8 (guarded) and their FlowWarp graphs."""
+    out = tmp_path_factory.mktemp("export")
+    rep = export_model(sfnet_ckpt, out, ("fp32", "fp16", "int8"), data=str(tiny_camvid), sizes=SIZES, calib_images=4,
+                       validate_images=2, flowwarp_plugin=True, progress=False)
+    return {"report": rep, "out": out}
+
+
+def torch_logits(ckpt: Path, x: np.ndarray) -> np.ndarray:
+    model, _ = checkpoint.load_model(str(ckpt))
+    with torch.inference_mode():
+        return model(torch.from_numpy(x)).numpy()
+
+
+# ---------------------------------------------------------------- fp32 parity and metadata
+def test_fp32_matches_pytorch_at_three_sizes(exported, sfnet_ckpt, frames):
+    rep = exported["report"]
+    meta = get_meta(load(rep["outputs"]["fp32"]["path"]))
+    run = OrtPredictor(rep["outputs"]["fp32"]["path"])
+    for size in [(72, 104), (120, 168), (360, 480)]:  # none of them the export's sizes
+        x = model_input(frames[:2], size, meta)
+        want, got = torch_logits(sfnet_ckpt, x), run(x)
+        assert got.shape == want.shape == (2, CAMVID.num_classes, *size)
+        assert np.abs(got - want).max() <= 1e-3
+        assert (got.argmax(1) == want.argmax(1)).mean() >= 0.999
+    v = rep["validation"]["fp32"]
+    assert v["passed"] and v["reference"] == "pytorch" and [r["size"] for r in v["sizes"]] == [list(s) for s in SIZES]
+
+
+def test_metadata_round_trip(exported, sfnet_ckpt):
+    rep = exported["report"]
+    for key, f in rep["outputs"].items():
+        # what a torch-free runtime does: onnxruntime's custom metadata map, then parse_meta
+        sess = ort.InferenceSession(f["path"], providers=["CPUExecutionProvider"]) if "flowwarp" not in key else None
+        text = (sess.get_modelmeta().custom_metadata_map[META_KEY] if sess else
+                next(p.value for p in onnx.load(f["path"]).metadata_props if p.key == META_KEY))
+        meta = parse_meta(text, f["path"])
+        assert meta["arch"] == "sfnet" and meta["precision"] == f["precision"]
+        assert meta["classes"] == list(CAMVID.names) and meta["ignore_index"] == CAMVID.ignore_index
+        assert meta["palette"] == [list(c) for c in CAMVID.palette]
+        assert meta["input"] == {"layout": "NCHW", "color": "RGB", "dtype": "float32", "mean": [0.485, 0.456, 0.406],
+                                 "std": [0.229, 0.224, 0.225], "size_divisor": 1, "train_size": [96, 128]}
+        assert meta["head"] == "logits" and meta["source"]["sha256"] == sha256_file(sfnet_ckpt)
+        assert meta["metrics"]["onnx_miou"] == pytest.approx(rep["metrics"][f["precision"]]["miou"])
+        assert Path(f["path"]).name == ("sfnet-tiny" + ("-flowwarp" if "flowwarp" in key else "") + f".{f['precision']}.onnx")
+    assert load(rep["outputs"]["int8"]["path"]).graph.input[0].type.tensor_type.shape.dim[2].dim_param == "H"
+
+
+def test_report_files(exported):
+    out, rep = exported["out"], exported["report"]
+    on_disk = json.loads((out / "report.json").read_text())
+    assert on_disk["status"] == "ok" and on_disk["outputs"] == rep["outputs"]
+    md = (out / "report.md").read_text()
+    for word in ("Validation", "fp32", "fp16", "int8", "calibration", "mIoU"):
+        assert word in md
+    assert not [p for p in out.iterdir() if p.name.startswith(".")]  # no staging left behind
+    for f in rep["outputs"].values():
+        assert sha256_file(f["path"]) == f["sha256"]
+
+
+def test_second_export_is_cached(exported, sfnet_ckpt, tiny_camvid):
+    rep = exported["report"]
+    mtimes = {k: os.stat(f["path"]).st_mtime_ns for k, f in rep["outputs"].items()}
+    again = export_model(sfnet_ckpt, exported["out"], ("fp32", "fp16", "int8"), data=str(tiny_camvid), sizes=SIZES,
+                         calib_images=4, validate_images=2, flowwarp_plugin=True, progress=False)
+    assert again["cached"] and {k: os.stat(f["path"]).st_mtime_ns for k, f in again["outputs"].items()} == mtimes
+
+
+# ---------------------------------------------------------------- fp16
+def test_fp16_keeps_sensitive_ops_in_fp32_and_agrees(exported):
+    rep = exported["report"]
+    fp32, fp16 = (load(rep["outputs"][k]["path"]) for k in ("fp32", "fp16"))
+    types = float_types(fp16)
+    keep = set(fp32_nodes(fp32))
+    by_name = {n.name: n for n in fp16.graph.node}
+    checked = {"Conv": 0, "sensitive": 0, "grid": 0}
+    for name, t in types.items():
+        node = by_name[name]
+        if node.op_type in FP32_OPS:
+            assert t == F32, f"{node.op_type} {name} runs in fp16"
+            checked["sensitive"] += 1
+        elif name in keep and t in (F16, F32):
+            assert t == F32, f"{name} (grid / shape arithmetic) runs in fp16"
+            checked["grid"] += 1
+        elif node.op_type == "Conv":
+            assert t == F16
+            checked["Conv"] += 1
+    assert checked["Conv"] > 20 and checked["grid"] >= 3 and checked["sensitive"] >= 3 + 3  # GridSample x3, Resize...
+    assert {"GridSample", "ReduceMean", "Resize"} <= {by_name[n].op_type for n in types if types[n] == F32}
+    io = {v.name: v.type.tensor_type.elem_type for v in list(fp16.graph.input) + list(fp16.graph.output)}
+    assert io == {"images": F32, "logits": F32}
+    v = rep["validation"]["fp16"]
+    assert v["reference"] == "fp32 onnx" and v["argmax_agreement"] >= 0.99 and v["max_abs_diff"] < 0.05
+
+
+# ---------------------------------------------------------------- int8
+def test_int8_qdq_placement_suits_tensorrt(exported):
+    rep = exported["report"]
+    q = load(rep["outputs"]["int8"]["path"])
+    dq_out = {n.output[0]: n for n in q.graph.node if n.op_type == "DequantizeLinear"}
+    readers = {}
+    for n in q.graph.node:
+        for i in n.input:
+            readers.setdefault(i, []).append(n)
+    kept_float = set(rep["int8"]["guard"]["float_nodes"]) | set(rep["int8"]["float_by_design"])
+    convs = [n for n in q.graph.node if n.op_type == "Conv"]
+    for conv in convs:
+        quantized = conv.input[0] in dq_out and conv.input[1] in dq_out
+        assert quantized == (conv.name not in kept_float), conv.name
+    for n in q.graph.node:
+        if n.op_type == "QuantizeLinear":  # every Q/DQ pair feeds a Conv / MatMul / Gemm
+            (dq,) = readers[n.output[0]]
+            assert any(r.op_type in ("Conv", "MatMul", "Gemm") for r in readers[dq.output[0]])
+            zero = onnx.numpy_helper.to_array(next(t for t in q.graph.initializer if t.name == n.input[2]))
+            assert zero.dtype == np.int8 and not zero.any()  # symmetric int8: what TensorRT accepts
+        if n.op_type in ("Resize", "GridSample", "Softmax"):  # quantized would be DQ -> op -> Q
+            reads_dq = any(i in dq_out for i in n.input)
+            assert not (reads_dq and any(r.op_type == "QuantizeLinear" for r in readers.get(n.output[0], []))), n.name
+    summary = qdq_summary(q)
+    assert "MatMul" in summary["float_inputs"]  # PPM's pooling products with shape-derived matrices
+    assert set(rep["int8"]["float_by_design"]) == {n.name for n in q.graph.node if n.op_type == "MatMul"}
+    c = rep["int8"]["calibration"]
+    assert c["images"] == 4 and c["method"] == "percentile" and c["target"] == "tensorrt"
+    assert rep["metrics"]["int8"]["images"] == 4 and "miou" in rep["int8"]["guard"]["steps"][0]
+
+
+def _small_net_onnx(path: Path, frames) -> dict:
+    """A small trained-looking conv net (4 convs) exported like a zoo model."""
+    class Small(nn.Module):
+        num_classes = 11
+
+        def __init__(self):
+            super().__init__()
+            self.body = nn.Sequential(nn.Conv2d(3, 16, 3, 2, 1), nn.ReLU(), nn.Conv2d(16, 32, 3, 2, 1), nn.ReLU(),
+                                      nn.Conv2d(32, 32, 3, 1, 1), nn.ReLU(), nn.Conv2d(32, 11, 1))
+
+        def forward(self, x):
+            return F.interpolate(self.body(x), size=x.shape[-2:], mode="bilinear", align_corners=False)
+
+    torch.manual_seed(0)
+    model = export_onnx(Deployable(Small().eval()), example_input(64, 96, False))
+    onnx.save(model, str(path))
+    return {"input": {"mean": [0.485, 0.456, 0.406], "std": [0.229, 0.224, 0.225], "dtype": "float32", "layout": "NCHW",
+                      "size_divisor": 1}}
+
+
+def test_guard_keeps_sensitive_layers_in_float(tmp_path, frames, camvid):
+    """Forced to lose almost nothing, the guard leaves the most sensitive layers in float, as few as it can."""
+    meta = _small_net_onnx(tmp_path / "small.onnx", frames)
+    fp32 = OrtPredictor(tmp_path / "small.onnx")
+    batches = [model_input([f], (96, 128), meta) for f in frames]
+    truth = [fp32(x).argmax(1) for x in batches]
+
+    def agreement(path: Path) -> dict:  # "mIoU" against the fp32 model's own decisions: 1.0 for fp32 itself
+        run = OrtPredictor(path)
+        return {"miou": float(np.mean([(run(x).argmax(1) == t).mean() for x, t in zip(batches, truth)]))}
+
+    images = CalibrationImages(image_files(camvid, "train")[:2], meta)
+    cfg = QuantConfig(method="minmax")
+    first = guarded_quantize(tmp_path / "small.onnx", tmp_path / "q.onnx", images, cfg, agreement, max_loss=100.0)
+    assert first.float_nodes == [] and first.loss > 0  # int8 changes some decisions
+    result = guarded_quantize(tmp_path / "small.onnx", tmp_path / "q.onnx", images, cfg, agreement, max_loss=first.loss / 4)
+    assert 1 <= len(result.float_nodes) < 4 and result.loss <= first.loss / 4
+    assert [r["node"] for r in result.sensitivity][:len(result.float_nodes)] == result.float_nodes
+    q = load(tmp_path / "q.onnx")
+    dq = {n.output[0] for n in q.graph.node if n.op_type == "DequantizeLinear"}
+    for conv in (n for n in q.graph.node if n.op_type == "Conv"):
+        assert (conv.input[1] in dq) == (conv.name not in result.float_nodes)
+    assert agreement(tmp_path / "q.onnx")["miou"] == pytest.approx(result.int8_miou)
+    assert sorted(result.float_nodes) != sorted(quantizable_nodes(load(tmp_path / "small.onnx")))
+
+
+# ---------------------------------------------------------------- FlowWarp plugin graphs
+def test_flowwarp_pass_on_sfnet(exported, frames):
+    rep = exported["report"]
+    plain, plugin = load(rep["outputs"]["fp32"]["path"]), load(rep["outputs"]["fp32-flowwarp"]["path"])
+    assert count_flowwarp(plugin) == 3 and op_counts(plugin).get("GridSample", 0) == 0
+    assert op_counts(plain)["GridSample"] == 3 and "Range" not in {n.op_type for n in plugin.graph.node if "align" in n.name}
+    info = rep["flowwarp"]["fp32"]
+    assert info["replaced"] == 3 and len(plugin.graph.node) == info["nodes_after"] == len(plain.graph.node) - 3 + 3 - info["removed_nodes"]
+    fw = [n for n in plugin.graph.node if n.op_type == "FlowWarp"]
+    assert all(n.domain == "edgeseg" and onnx.helper.get_attribute_value(n.attribute[0]) == 1 for n in fw)
+    meta = get_meta(plain)
+    a, b = OrtPredictor(rep["outputs"]["fp32"]["path"]), OrtPredictor(rep["outputs"]["fp32-flowwarp"]["path"])
+    for size in [(64, 96), (136, 200)]:
+        x = model_input(frames[:2], size, meta)
+        assert np.abs(a(x) - b(x)).max() <= 1e-4
+    for p in ("fp16", "int8"):
+        assert count_flowwarp(load(rep["outputs"][f"{p}-flowwarp"]["path"])) == 3
+        assert rep["validation"][f"{p}-flowwarp"]["argmax_agreement"] >= 0.999
+
+
+class _Warp(nn.Module):
+    """GridSample with a grid of the given kind: the pass must refuse everything but a flow warp's."""
+    num_classes = 4
+
+    def __init__(self, kind: str):
+        super().__init__()
+        self.kind = kind
+        self.conv = nn.Conv2d(3, 4, 3, padding=1)
+        self.flow = nn.Conv2d(3, 2, 3, padding=1)
+
+    def forward(self, x):
+        f = self.conv(x)
+        flow = self.flow(x)
+        if self.kind == "learned":  # the grid is a network output, not base grid + flow
+            grid = torch.tanh(flow).permute(0, 2, 3, 1)
+            return F.grid_sample(f, grid, align_corners=True)
+        h, w = flow.shape[-2:]
+        gx = torch.arange(w).to(x.dtype) * (2.0 / (w - 1)) - 1.0
+        gy = torch.arange(h).to(x.dtype) * (2.0 / (h - 1)) - 1.0
+        # wrong normaliser: both components divided by W
+        grid = torch.stack((gx[None, None, :] + flow[:, 0] / w, gy[None, :, None] + flow[:, 1] / w), -1)
+        return F.grid_sample(f, grid, mode="bilinear", padding_mode="zeros", align_corners=True)
+
+
+@pytest.mark.parametrize("kind, words", [("learned", "not flow-warp grid arithmetic"), ("wrong-size", "not the flow-warp grid")])
+def test_flowwarp_pass_refuses_other_grids(kind, words):
+    model = export_onnx(Deployable(_Warp(kind).eval()), example_input(32, 48, False))
+    with pytest.raises(FlowWarpMatchError, match=words) as e:
+        fuse_flowwarp(model)
+    assert "GridSample" in str(e.value) and "\n" not in str(e.value)
+
+
+class _NoWarp(nn.Module):
+    num_classes = 4
+
+    def __init__(self):
+        super().__init__()
+        self.conv = nn.Conv2d(3, 4, 1)
+
+    def forward(self, x):
+        return self.conv(x)
+
+
+def test_flowwarp_pass_needs_a_gridsample():
+    with pytest.raises(FlowWarpMatchError, match="no GridSample"):
+        fuse_flowwarp(export_onnx(Deployable(_NoWarp().eval()), example_input(32, 48, False)))
+
+
+# ---------------------------------------------------------------- heads, preprocessing, Triton
+def test_argmax_head_and_fused_preprocessing(sfnet_ckpt, tiny_camvid, tmp_path, frames):
+    rep = export_model(sfnet_ckpt, tmp_path, ("fp32",), data=str(tiny_camvid), sizes=SIZES[:1], head="argmax",
+                       fused_preprocess=True, guard=False, validate_images=1, triton_repo=str(tmp_path / "triton"),
+                       progress=False)
+    path = rep["outputs"]["fp32"]["path"]
+    meta = get_meta(load(path))
+    assert meta["head"] == "argmax" and meta["input"]["layout"] == "NHWC" and meta["input"]["color"] == "BGR"
+    assert meta["input"]["dtype"] == "uint8"
+    bgr = np.stack([cv2.cvtColor(cv2.resize(f, (136, 104)), cv2.COLOR_RGB2BGR) for f in frames[:2]])
+    labels = OrtPredictor(path)(bgr)
+    assert labels.dtype == np.int32 and labels.shape == (2, 104, 136)
+    plain_meta = dict(meta, input=dict(meta["input"], layout="NCHW", color="RGB", dtype="float32"))
+    want = torch_logits(sfnet_ckpt, model_input([f for f in frames[:2]], (104, 136), plain_meta)).argmax(1)
+    assert (labels == want).mean() >= 0.999
+    config = (tmp_path / "triton" / "sfnet-tiny_fp32" / "config.pbtxt").read_text()
+    assert 'platform: "onnxruntime_onnx"' in config and "TYPE_UINT8" in config and "dims: [ -1, -1, 3 ]" in config
+    assert 'name: "labels"' in config and "TYPE_INT32" in config and "dims: [ -1, -1 ]" in config
+    assert (tmp_path / "triton" / "sfnet-tiny_fp32" / "1" / "model.onnx").read_bytes() == Path(path).read_bytes()
+
+
+@pytest.mark.parametrize("arch", available())
+def test_every_zoo_model_exports(arch, tiny_camvid, tmp_path):
+    torch.manual_seed(0)
+    model = create(arch, CAMVID.num_classes).eval()
+    ckpt = tmp_path / f"{arch}.pt"
+    checkpoint.save(checkpoint.model_record(model, CAMVID), ckpt)
+    d = getattr(model, "size_divisor", 1)
+    sizes = tuple((-(-h // max(d, 1)) * d, -(-w // max(d, 1)) * d) for h, w in ((64, 96), (96, 128), (72, 104)))
+    rep = export_model(ckpt, tmp_path / "out", ("fp32",), data=str(tiny_camvid), sizes=sizes, guard=False,
+                       validate_images=1, progress=False)
+    v = rep["validation"]["fp32"]
+    assert v["passed"] and v["max_abs_diff"] <= 1e-3 and len(v["sizes"]) == 3
+
+
+# ---------------------------------------------------------------- bad input
+def _no_onnx(folder: Path) -> bool:
+    return not list(folder.glob("*.onnx")) and not [p for p in folder.iterdir() if p.name.startswith(".export")]
+
+
+def test_bad_checkpoints(tmp_path, tiny_camvid):
+    with pytest.raises(EdgesegError, match="no such checkpoint"):
+        export_model(tmp_path / "missing.pt", tmp_path / "out", progress=False)
+    bad = tmp_path / "bad.pt"
+    bad.write_bytes(b"not a checkpoint")
+    with pytest.raises(EdgesegError, match="not a readable edgeseg checkpoint"):
+        export_model(bad, tmp_path / "out", progress=False)
+
+
+def test_bad_onnx_files(tmp_path):
+    with pytest.raises(EdgesegError, match="no such ONNX file"):
+        load(tmp_path / "missing.onnx")
+    (tmp_path / "bad.onnx").write_bytes(b"\x08garbage")
+    with pytest.raises(EdgesegError, match="not a valid ONNX model"):
+        load(tmp_path / "bad.onnx")
+    model = export_onnx(Deployable(_NoWarp().eval()), example_input(32, 48, False))
+    model.opset_import[0].version = 13
+    onnx.save(model, str(tmp_path / "old.onnx"))
+    with pytest.raises(EdgesegError, match="opset 13 is not supported"):
+        load(tmp_path / "old.onnx")
+
+
+def test_unsupported_opset(sfnet_ckpt, tiny_camvid, tmp_path):
+    with pytest.raises(EdgesegError, match="opset 21 is not supported"):
+        export_model(sfnet_ckpt, tmp_path, data=str(tiny_camvid), opset=21, guard=False, progress=False)
+    assert _no_onnx(tmp_path)
+    assert json.loads((tmp_path / "report.json").read_text())["status"] == "failed"
+
+
+def test_bad_calibration_folders_leave_no_output(sfnet_ckpt, tiny_camvid, tmp_path):
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    out = tmp_path / "out"
+    with pytest.raises(EdgesegError, match="no images"):
+        export_model(sfnet_ckpt, out, ("int8",), data=str(tiny_camvid), calib=str(empty), sizes=SIZES[:1], guard=False,
+                     validate_images=1, progress=False)
+    assert _no_onnx(out) and "no images" in json.loads((out / "report.json").read_text())["error"]
+    broken = tmp_path / "broken"
+    broken.mkdir()
+    (broken / "frame.png").write_bytes(b"not a png")
+    with pytest.raises(EdgesegError, match="frame.png: cannot read the image"):
+        export_model(sfnet_ckpt, out, ("int8",), data=str(tiny_camvid), calib=str(broken), sizes=SIZES[:1], guard=False,
+                     validate_images=1, progress=False)
+    assert _no_onnx(out)
+
+
+def test_failed_validation_keeps_previous_outputs(sfnet_ckpt, tiny_camvid, tmp_path, monkeypatch):
+    """A later export that fails validation leaves the last good files and says why in the report."""
+    good = export_model(sfnet_ckpt, tmp_path, ("fp32",), data=str(tiny_camvid), sizes=SIZES[:1], guard=False,
+                        validate_images=1, progress=False)
+    before = Path(good["outputs"]["fp32"]["path"]).read_bytes()
+    from edgeseg.export import validate
+
+    monkeypatch.setattr(validate, "FP32_MAX_ABS", -1.0)  # an impossible limit: every export now fails validation
+    with pytest.raises(EdgesegError, match="fp32 validation failed against pytorch"):
+        export_model(sfnet_ckpt, tmp_path, ("fp32",), data=str(tiny_camvid), sizes=SIZES[1:2], guard=False,
+                     validate_images=1, progress=False)
+    assert Path(good["outputs"]["fp32"]["path"]).read_bytes() == before
+    rep = json.loads((tmp_path / "report.json").read_text())
+    assert rep["status"] == "failed" and rep["validation"]["fp32"]["passed"] is False
+
+
+def test_cli_export_and_errors(sfnet_ckpt, tiny_camvid, tmp_path, capsys):
+    assert main(["export", "--model", str(sfnet_ckpt), "--out", str(tmp_path), "--data", str(tiny_camvid),
+                 "--no-guard", "--validate-sizes", "64x96"]) == 0
+    assert (tmp_path / "sfnet-tiny.fp32.onnx").is_file() and "report.md" in capsys.readouterr().out
+    assert main(["export", "--model", str(tmp_path / "nope.pt"), "--out", str(tmp_path)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("edgeseg export: error:") and "nope.pt" in err and "\n" not in err
