@@ -19,16 +19,17 @@ CLASSIFIER = ("fc.", "classifier.", "head.")  # ImageNet heads: never wanted by 
 class LoadReport:
     path: str
     target: str
+    total: int  # tensors in the encoder's state dict
     loaded: list[str] = field(default_factory=list)
     missing: list[str] = field(default_factory=list)  # the encoder's tensors the file did not provide
     unexpected: list[str] = field(default_factory=list)  # the file's tensors the encoder has no place for
-    mismatched: list[str] = field(default_factory=list)  # same name, other shape: left as initialised
+    mismatched: dict[str, tuple] = field(default_factory=dict)  # same name, other shape (file, model): left as initialised
     skipped: list[str] = field(default_factory=list)  # classifier and other known-unused tensors
 
     def __str__(self) -> str:
-        total = len(self.loaded) + len(self.missing) + len(self.mismatched)
-        lines = [f"pretrained {self.path} -> {self.target}: loaded {len(self.loaded)} of {total} tensors"]
-        for name, keys in (("missing", self.missing), ("shape mismatch", self.mismatched),
+        lines = [f"pretrained {self.path} -> {self.target}: loaded {len(self.loaded)} of {self.total} tensors"]
+        mismatched = [f"{k} {list(a)} vs {list(b)}" for k, (a, b) in self.mismatched.items()]
+        for name, keys in (("missing", self.missing), ("shape mismatch", mismatched),
                            ("unexpected", self.unexpected), ("skipped", self.skipped)):
             if keys:
                 shown = ", ".join(keys[:6]) + (f", ... ({len(keys) - 6} more)" if len(keys) > 6 else "")
@@ -46,9 +47,12 @@ def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
     except Exception as e:  # pickle, zip and weights_only errors all mean the same to the user
         first = str(e).strip().splitlines()[0][:160] if str(e).strip() else type(e).__name__
         raise EdgesegError(f"{path}: not a PyTorch state dict ({first}); pass a file saved with torch.save(model.state_dict(), ...)")
+    scales = {}
     while isinstance(obj, dict) and any(isinstance(obj.get(w), dict) for w in WRAPPERS):
+        scales = obj.get("int8_scales", {})  # an edgeseg checkpoint with compact int8 weights
         obj = next(obj[w] for w in WRAPPERS if isinstance(obj.get(w), dict))
     tensors = {k: v for k, v in obj.items() if isinstance(v, torch.Tensor)} if isinstance(obj, dict) else {}
+    tensors.update({k: tensors[k].float() * s for k, s in scales.items() if k in tensors})
     if not tensors:
         raise EdgesegError(f"{path}: holds no state dict (a {type(obj).__name__} without tensors); "
                            "pass a file saved with torch.save(model.state_dict(), ...)")
@@ -65,11 +69,12 @@ def _strip(key: str) -> str:
     return key
 
 
-def load_pretrained(model: nn.Module, path: str | Path, verbose: bool = True) -> LoadReport:
+def load_pretrained(model: nn.Module, path: str | Path) -> LoadReport:
     """Load the weights in `path` into `model.encoder` (a SegModel) or into `model` itself (a backbone).
 
     Tensors whose name (after the known prefixes are stripped) and shape match are copied; the rest is
-    reported. A file from which nothing matches is an error: it is for another network.
+    reported (print the returned report). A file from which nothing matches is an error: it is for
+    another network.
     """
     target = getattr(model, "encoder", model)
     state = {_strip(k): v for k, v in read_state_dict(path).items()}
@@ -77,7 +82,7 @@ def load_pretrained(model: nn.Module, path: str | Path, verbose: bool = True) ->
         state = target.remap_state_dict(state)
     skip = CLASSIFIER + getattr(target, "pretrained_skip", ())
     own = target.state_dict()
-    report = LoadReport(str(path), f"{type(target).__name__} encoder")
+    report = LoadReport(str(path), f"{type(target).__name__} encoder", len(own))
     accepted = {}
     for k, v in state.items():
         if k.startswith(skip):
@@ -85,7 +90,7 @@ def load_pretrained(model: nn.Module, path: str | Path, verbose: bool = True) ->
         elif k not in own:
             report.unexpected.append(k)
         elif v.shape != own[k].shape:
-            report.mismatched.append(f"{k} {list(v.shape)} vs {list(own[k].shape)}")
+            report.mismatched[k] = (tuple(v.shape), tuple(own[k].shape))
         else:
             accepted[k] = v
             report.loaded.append(k)
@@ -94,9 +99,7 @@ def load_pretrained(model: nn.Module, path: str | Path, verbose: bool = True) ->
         raise EdgesegError(f"{path}: none of its {len(state)} tensors (e.g. {example}) fits the {type(target).__name__} "
                            "encoder; pass weights of that backbone")
     target.load_state_dict(accepted, strict=False)
-    mismatched = {m.split(" ")[0] for m in report.mismatched}
     # num_batches_tracked only counts BN updates; older checkpoints lack it and nothing depends on it
-    report.missing = [k for k in own if k not in accepted and k not in mismatched and not k.endswith("num_batches_tracked")]
-    if verbose:
-        print(report)
+    report.missing = [k for k in own if k not in accepted and k not in report.mismatched
+                      and not k.endswith("num_batches_tracked")]
     return report

@@ -109,7 +109,8 @@ class MixTransformer(nn.Module):
                  sr_ratios=(8, 4, 2, 1), mlp_ratio: int = 4, drop_path: float = 0.1):
         super().__init__()
         self.channels = list(embed_dims)
-        rates = torch.linspace(0, drop_path, sum(depths)).tolist()
+        n = sum(depths)
+        rates = [drop_path * i / max(n - 1, 1) for i in range(n)]  # deeper blocks drop more
         cin = 3
         for i, (dim, depth) in enumerate(zip(embed_dims, depths)):
             self.add_module(f"patch_embed{i + 1}", OverlapPatchEmbed(cin, dim, 7 if i == 0 else 3, 4 if i == 0 else 2))
