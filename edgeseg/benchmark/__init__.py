@@ -1,0 +1,13 @@
+"""`edgeseg bench`: latency per architecture, runtime and precision, with the peers side by side.
+
+bench    benchmark(request, settings, out): the whole run (CLI entry), report header
+grid     the grid of rows, preparation in this process, one worker process per row, failures as rows
+worker   one row in its own process: open the runtime, check its output, time it, memory, optional mIoU
+peers    the runtimes behind one call: PyTorch eager / torch.compile, edgeseg's ONNX Runtime and TensorRT backends, OpenCV DNN
+sources  zoo archs with random weights, checkpoints and shipped models; reference inputs and outputs
+exports  the ONNX / engine files of a row, made and cached by the export stage
+flops    FLOPs and parameters from the ONNX graph
+timing   latency statistics and resident memory
+machine  CPU, GPU, driver and library versions; the measured peak GFLOP/s (the roofline's roof)
+report   Markdown table, CSV, JSON and the speed/accuracy plot with its Pareto front
+"""

@@ -1,0 +1,75 @@
+"""`benchmark(...)`: check the request, measure the machine's peak, run the grid, write the reports."""
+from __future__ import annotations
+
+import datetime
+import os
+from pathlib import Path
+
+from edgeseg.benchmark import peers, report
+from edgeseg.benchmark.grid import Grid, Settings, parse_list, parse_size
+from edgeseg.benchmark.machine import machine_info, measure_peaks
+from edgeseg.benchmark.sources import reference_image, resolve
+from edgeseg.errors import EdgesegError
+
+
+def parse_request(arch: str | None, model: str | None, backend: str, precision: str, size: str, batch: str) -> dict:
+    """The grid's axes from the command-line strings; a bad value is a one-line EdgesegError."""
+    from edgeseg.models import available
+
+    archs: list[str] = []
+    if arch is None and model is None:
+        arch = "all"
+    if arch:
+        archs = available() if arch.strip() == "all" else parse_list(arch, available(), "architecture")
+    batches = []
+    for b in batch.split(","):
+        if not b.strip().isdigit() or int(b) < 1:
+            raise EdgesegError(f"bad batch size {b!r}; give positive integers, e.g. --batch 1,4")
+        batches.append(int(b))
+    return {"archs": archs, "models": [m.strip() for m in (model or "").split(",") if m.strip()],
+            "backends": parse_list(backend, peers.BACKENDS, "backend"),
+            "precisions": parse_list(precision, peers.PRECISIONS, "precision"),
+            "sizes": [parse_size(s) for s in size.split(",") if s.strip()], "batches": batches}
+
+
+def benchmark(request: dict, settings: Settings, out: Path, *, command: str = "", progress: bool = True) -> dict:
+    """Run the grid and write bench.md / .csv / .json / .png and machine.json into `out`. Returns the JSON document."""
+    classes = None
+    if settings.data is not None:
+        from edgeseg.data import SegFolder
+
+        classes = SegFolder(settings.data, settings.split).classes  # checks the folder before anything runs
+    if settings.threads is None:
+        settings.threads = machine_info()["cpu"]["physical_cores"] or os.cpu_count()
+    settings.cache.mkdir(parents=True, exist_ok=True)
+    sources = resolve(request["archs"], request["models"], classes, settings.cache)
+    machine = machine_info()
+    peaks = measure_peaks(settings.threads)
+    grid = Grid(sources, request["backends"], request["precisions"], request["sizes"], request["batches"], settings, peaks,
+                reference_image(settings.data, settings.split))
+    rows = grid.run(progress=progress)
+    eval_images = max((r.get("eval_images") or 0 for r in rows), default=0)
+    doc = {"command": command, "date": datetime.datetime.now().astimezone().isoformat(timespec="seconds"),
+           "machine": machine, "peaks_gflops": peaks,
+           "settings": {"threads": settings.threads, "min_time_s": settings.min_time, "min_runs": settings.min_runs,
+                        "warmup_runs": settings.warmup, "data": str(settings.data) if settings.data else None,
+                        "split": settings.split, "eval_limit": settings.eval_limit, "eval_images": eval_images or None}}
+    files = report.write_all(out, rows, grid.skipped, doc, header(doc))
+    return {**doc, "rows": rows, "skipped": grid.skipped, "files": {k: str(v) for k, v in files.items()}}
+
+
+def header(doc: dict) -> str:
+    m, s, p = doc["machine"], doc["settings"], doc["peaks_gflops"]
+    gpu = ", ".join(g["name"] for g in m["gpus"]) or "no GPU"
+    cpu_peak = ", ".join(f"{k} {v:.0f}" for k, v in p.get("cpu", {}).items())
+    lines = [f"# edgeseg bench: {m['cpu']['model']} ({m['cpu']['logical_cores']} cores), {gpu}", "",
+             f"{doc['date']}; {s['threads']} threads; each row: {s['warmup_runs']} warm-up runs, then at least "
+             f"{s['min_runs']} runs and {s['min_time_s']:g} s; latency = numpy in -> numpy out; peak CPU GFLOP/s "
+             f"(measured matrix product): {cpu_peak}."]
+    if s["data"]:
+        lines.append(f"mIoU on {s['data']} [{s['split']}], {s['eval_images']} images at their own size"
+                     + (f" (--eval-limit {s['eval_limit']})" if s["eval_limit"] else "")
+                     + "; models with random weights are marked untrained.")
+    lines.append("FLOPs = 2 x MACs of Conv/ConvTranspose/MatMul/Gemm from the ONNX graph; Agree % = argmax agreement "
+                 "with PyTorch fp32 on one image.")
+    return "\n".join(lines)

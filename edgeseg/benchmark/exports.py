@@ -1,0 +1,54 @@
+"""The files a row runs, made by the export stage (`export_model`, `build_engine`) and cached by it.
+
+One export per model and precision (and int8 placement), each in its own folder: a precision whose validation
+fails then fails its own rows only. Without --data, the export validates and calibrates on seeded noise images
+(the random-weight rows measure latency only); the int8 accuracy guard runs for trained models with --data.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from edgeseg.benchmark.sources import Source
+
+
+def noise_images(cache: Path, n: int = 4) -> Path:
+    """A folder of seeded noise images: what the export stage validates and calibrates on without data."""
+    import cv2
+
+    folder = cache / "noise-images"
+    rng = np.random.default_rng(0)
+    for i in range(n):
+        img = rng.integers(0, 256, (360, 480, 3), dtype=np.uint8)
+        path = folder / f"noise{i}.png"
+        if not path.exists():
+            folder.mkdir(parents=True, exist_ok=True)
+            cv2.imwrite(str(path), img)
+    return folder
+
+
+def onnx_file(src: Source, precision: str, target: str, data: Path | None, eval_limit: int | None, cache: Path) -> Path:
+    """The validated ONNX of this precision (target: the int8 placement, "cpu" or "tensorrt")."""
+    from edgeseg.export.pipeline import export_model
+
+    folder = cache / "onnx" / src.checkpoint.stem / (f"{precision}-{target}" if precision == "int8" else precision)
+    options = {"int8_target": target, "name": src.name}
+    if data is not None:
+        options.update(data=str(data), guard=src.trained, guard_images=eval_limit)
+    else:
+        noise = noise_images(cache)
+        options.update(data=str(noise), calib=str(noise), guard=False)
+    rep = export_model(str(src.checkpoint), folder, (precision,), progress=False, **options)
+    return Path(rep["outputs"][precision]["path"])
+
+
+def engine_file(onnx_path: Path, size: tuple[int, int], batch: int, cache: Path) -> Path:
+    """A TensorRT engine for exactly this input shape (built on this GPU, cached by the build stage)."""
+    from edgeseg.export.tensorrt import BuildRequest, build_engine
+
+    h, w = size
+    out = cache / "engines" / f"{onnx_path.stem}-{h}x{w}-b{batch}.engine"
+    build_engine(BuildRequest(onnx=onnx_path, out=out, opt=size, min=size, max=size, batch=(batch, batch, batch)),
+                 log=lambda msg: None)
+    return out

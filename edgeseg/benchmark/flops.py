@@ -1,0 +1,130 @@
+"""FLOPs and parameters read from an ONNX graph at a concrete input shape.
+
+FLOPs are 2 x multiply-accumulates of the layers that dominate a segmentation network: Conv, ConvTranspose,
+MatMul, Gemm and their int8 forms (QLinearConv, ConvInteger, QLinearMatMul, MatMulInteger). Elementwise ops,
+pooling, resizing and normalisation are left out (a few percent at most), as in the papers' tables.
+Shapes come from ONNX Runtime's symbolic shape inference with the input's dynamic dimensions fixed, which
+follows the shape arithmetic (Shape -> Gather -> Reshape) that plain ONNX shape inference gives up on.
+"""
+from __future__ import annotations
+
+from math import prod
+import numpy as np
+import onnx
+
+from edgeseg.errors import EdgesegError
+
+CONV_OPS = ("Conv", "ConvInteger", "QLinearConv")
+MATMUL_OPS = ("MatMul", "MatMulInteger", "QLinearMatMul")
+# index of the weight and of the data input of each op (QLinear ops interleave scales and zero points)
+WEIGHT_INPUT = {"Conv": 1, "ConvInteger": 1, "QLinearConv": 3, "ConvTranspose": 1}
+B_INPUT = {"MatMul": 1, "MatMulInteger": 1, "QLinearMatMul": 3, "Gemm": 1}
+A_INPUT = {"MatMul": 0, "MatMulInteger": 0, "QLinearMatMul": 0, "Gemm": 0}
+
+
+def _load(model) -> onnx.ModelProto:
+    if isinstance(model, onnx.ModelProto):
+        return model
+    try:
+        return onnx.load(str(model), load_external_data=False)
+    except Exception as e:  # protobuf's DecodeError and friends
+        raise EdgesegError(f"{model}: not a readable ONNX model ({type(e).__name__}); pass an .onnx file") from None
+
+
+def _fix_input(model: onnx.ModelProto, shape: tuple[int, ...]) -> onnx.ModelProto:
+    fixed = onnx.ModelProto()
+    fixed.CopyFrom(model)
+    inits = {i.name for i in fixed.graph.initializer}
+    inputs = [i for i in fixed.graph.input if i.name not in inits]
+    if len(inputs) != 1:
+        raise EdgesegError(f"FLOP count needs a single-input model; this one has {len(inputs)} inputs")
+    dims = inputs[0].type.tensor_type.shape.dim
+    if len(dims) != len(shape):
+        raise EdgesegError(f"input shape {list(shape)} does not fit the model input of rank {len(dims)}")
+    for d, v in zip(dims, shape):
+        d.ClearField("dim_param")
+        d.dim_value = int(v)
+    return fixed
+
+
+def tensor_shapes(model, input_shape: tuple[int, ...]) -> dict[str, tuple[int, ...]]:
+    """Every tensor's concrete shape for this input shape (initializers included)."""
+    from onnxruntime.tools.symbolic_shape_infer import SymbolicShapeInference
+
+    fixed = _fix_input(_load(model), input_shape)
+    try:
+        inferred = SymbolicShapeInference.infer_shapes(fixed, auto_merge=True)
+    except Exception as e:  # the inference raises bare Exceptions on graphs it cannot follow
+        raise EdgesegError(f"shape inference failed ({type(e).__name__}: {str(e).strip()[:160]}); FLOPs unknown") from None
+    g = inferred.graph
+    shapes = {i.name: tuple(i.dims) for i in g.initializer}
+    for v in list(g.input) + list(g.value_info) + list(g.output):
+        dims = v.type.tensor_type.shape.dim
+        if all(d.HasField("dim_value") for d in dims):
+            shapes.setdefault(v.name, tuple(d.dim_value for d in dims))
+    for n in g.node:  # Constant nodes carry weights too in some exports
+        if n.op_type == "Constant" and n.attribute and n.attribute[0].HasField("t"):
+            shapes.setdefault(n.output[0], tuple(n.attribute[0].t.dims))
+    return shapes
+
+
+def _attr(node, name, default):
+    for a in node.attribute:
+        if a.name == name:
+            return onnx.helper.get_attribute_value(a)
+    return default
+
+
+def node_flops(node, shapes: dict[str, tuple[int, ...]]) -> int | None:
+    """2 x MACs of one node, or None when it is not a counted op (or a shape is unknown)."""
+    op = node.op_type
+
+    def shape(i):
+        return shapes.get(node.input[i]) if i < len(node.input) else None
+
+    if op in CONV_OPS:
+        w, y = shape(WEIGHT_INPUT[op]), shapes.get(node.output[0])
+        if w is None or y is None:
+            return None
+        # weight [Cout, Cin/groups, k...]: each output element takes Cin/groups * prod(k) products
+        return 2 * prod(y) * prod(w[1:])
+    if op == "ConvTranspose":
+        w, x = shape(1), shape(0)
+        if w is None or x is None:
+            return None
+        # weight [Cin, Cout/groups, k...]: each input element scatters into Cout/groups * prod(k) outputs
+        return 2 * prod(x) * prod(w[1:])
+    if op in MATMUL_OPS or op == "Gemm":
+        a, y = shape(A_INPUT[op]), shapes.get(node.output[0])
+        if a is None or y is None:
+            return None
+        k = a[0] if op == "Gemm" and _attr(node, "transA", 0) else a[-1]
+        return 2 * prod(y) * k
+    return None
+
+
+COUNTED = CONV_OPS + MATMUL_OPS + ("ConvTranspose", "Gemm")
+
+
+def count_flops(model, input_shape: tuple[int, ...]) -> dict:
+    """{"total": FLOPs, "by_op": {op: FLOPs}, "uncounted": [names of counted-type nodes whose shapes are unknown]}."""
+    model = _load(model)
+    shapes = tensor_shapes(model, input_shape)
+    by_op: dict[str, int] = {}
+    uncounted = []
+    for node in model.graph.node:
+        if node.op_type not in COUNTED:
+            continue
+        f = node_flops(node, shapes)
+        if f is None:
+            uncounted.append(node.name or node.output[0])
+            continue
+        by_op[node.op_type] = by_op.get(node.op_type, 0) + f
+    return {"total": sum(by_op.values()), "by_op": by_op, "uncounted": uncounted}
+
+
+def count_params(model) -> int:
+    """Elements of the floating-point initializers: the deployed weights (BatchNorm is folded into Conv on export)."""
+    model = _load(model)
+    floating = {onnx.TensorProto.FLOAT, onnx.TensorProto.FLOAT16, onnx.TensorProto.DOUBLE, onnx.TensorProto.BFLOAT16}
+    return int(sum(int(np.prod(t.dims)) for t in model.graph.initializer if t.data_type in floating and len(t.dims) > 0))

@@ -1,0 +1,188 @@
+"""The bench grid: models x sizes x batches x precisions x backends, one isolated process per row.
+
+Preparation (checkpoints, exports, reference outputs) happens here, in the parent, once per model and
+precision; measuring happens in `worker.py`. A combination that fails, in either, becomes a row with its
+error and the grid goes on. mIoU is measured once per model, backend and precision (it does not depend on
+the timing size: evaluation runs each image at its own resolution).
+"""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+from tqdm import tqdm
+
+from edgeseg.benchmark import peers
+from edgeseg.benchmark.exports import engine_file, onnx_file
+from edgeseg.benchmark.flops import count_flops, count_params
+from edgeseg.benchmark.machine import peak_for
+from edgeseg.benchmark.sources import Source, fit, reference
+from edgeseg.errors import EdgesegError
+from edgeseg.fileio import write_json
+
+
+@dataclass
+class Settings:
+    min_time: float = 3.0
+    min_runs: int = 10
+    warmup: int = 2
+    threads: int | None = None
+    data: Path | None = None
+    split: str = "val"
+    eval_limit: int | None = None
+    row_timeout: float = 900.0
+    cache: Path = Path(".")
+
+
+def parse_size(text: str) -> tuple[int, int]:
+    h, sep, w = text.strip().lower().partition("x")
+    if not sep or not h.isdigit() or not w.isdigit() or int(h) < 1 or int(w) < 1:
+        raise EdgesegError(f"bad size {text!r}; write HEIGHTxWIDTH, e.g. 360x480")
+    return int(h), int(w)
+
+
+def parse_list(text: str, allowed, what: str) -> list[str]:
+    items = [t.strip() for t in text.split(",") if t.strip()]
+    bad = [t for t in items if t not in allowed]
+    if bad or not items:
+        raise EdgesegError(f"unknown {what} {(bad or [text])[0]!r}; choose from: {', '.join(allowed)}")
+    return list(dict.fromkeys(items))
+
+
+def int8_target(backend: str) -> str:
+    """ONNX Runtime and OpenCV on the CPU run the x86 placement; TensorRT the strongly typed one."""
+    return "tensorrt" if backend == "tensorrt" else "cpu"
+
+
+class Grid:
+    def __init__(self, sources: list[Source], backends: list[str], precisions: list[str], sizes: list[tuple[int, int]],
+                 batches: list[int], settings: Settings, peaks: dict, ref_image):
+        self.sources, self.backends, self.precisions = sources, backends, precisions
+        self.sizes, self.batches, self.s, self.peaks = sizes, batches, settings, peaks
+        self.ref_image = ref_image
+        self.rows: list[dict] = []
+        self.skipped: list[dict] = []
+        self._evals: dict[tuple, dict] = {}
+
+    def combos(self):
+        for src in self.sources:
+            for size in self.sizes:
+                for batch in self.batches:
+                    for precision in self.precisions:
+                        for backend in self.backends:
+                            why = peers.unsupported(backend, precision) or (backend == "tensorrt" and peers.tensorrt_missing())
+                            if why:
+                                skip = {"model": src.name, "backend": backend, "precision": precision, "reason": why}
+                                if skip not in self.skipped:
+                                    self.skipped.append(skip)
+                                continue
+                            yield src, size, batch, precision, backend
+
+    def run(self, progress: bool = True) -> list[dict]:
+        todo = list(self.combos())
+        bar = tqdm(todo, desc="bench", unit="row", disable=not progress)
+        with tempfile.TemporaryDirectory(prefix="edgeseg-bench-") as tmp:
+            for src, size, batch, precision, backend in bar:
+                bar.set_postfix_str(f"{src.name} {backend} {precision} {size[0]}x{size[1]} b{batch}")
+                self.rows.append(self.row(src, size, batch, precision, backend, Path(tmp)))
+        return self.rows
+
+    def row(self, src: Source, size, batch: int, precision: str, backend: str, tmp: Path) -> dict:
+        run_size = fit(size, src.size_divisor)
+        notes = [src.note] if src.note else []
+        if run_size != size:
+            notes.append(f"{size[0]}x{size[1]} rounded up to a multiple of {src.size_divisor}")
+        row = {"model": src.name, "arch": src.arch, "weights": src.weights, "backend": backend, "precision": precision,
+               "size": f"{size[0]}x{size[1]}", "run_size": f"{run_size[0]}x{run_size[1]}", "batch": batch, "status": "error"}
+        try:
+            spec = self.prepare(src, run_size, batch, precision, backend, row)
+            result = self.measure(spec, tmp)
+        except EdgesegError as e:
+            result = {"status": "error", "error": str(e).strip().splitlines()[0]}
+        except Exception as e:  # an export step or a library failing on this graph: this row's error
+            result = {"status": "error", "error": f"{type(e).__name__}: {str(e).strip().splitlines()[0] if str(e).strip() else ''}"[:300]}
+        self.finish(row, result, notes)
+        return row
+
+    def prepare(self, src: Source, run_size, batch: int, precision: str, backend: str, row: dict) -> dict:
+        files = {"checkpoint": str(src.checkpoint)}
+        fp32 = self.export(src, "fp32", "cpu")
+        if "params" not in src.memo:
+            src.memo["params"] = count_params(fp32)
+        row["params_m"] = src.memo["params"] / 1e6
+        if ("flops", run_size) not in src.memo:
+            src.memo[("flops", run_size)] = count_flops(fp32, (1, 3, *run_size))["total"]
+        row["gflop"] = src.memo[("flops", run_size)] / 1e9
+        if backend not in ("torch", "compile"):
+            files["onnx"] = str(self.export(src, precision, int8_target(backend)))
+        if backend == "tensorrt":
+            files["engine"] = str(engine_file(Path(files["onnx"]), run_size, batch, self.s.cache))
+        x_path, y_path = reference(src, self.ref_image, run_size, self.s.cache)
+        spec = {"backend": backend, "precision": precision, "files": files, "input": str(x_path), "reference": str(y_path),
+                "batch": batch, "threads": self.s.threads, "min_time": self.s.min_time, "min_runs": self.s.min_runs,
+                "warmup": self.s.warmup, "eval": None}
+        if self.s.data is not None and src.trained and (src.name, backend, precision) not in self._evals:
+            spec["eval"] = {"data": str(self.s.data), "split": self.s.split, "limit": self.s.eval_limit,
+                            "size_divisor": src.size_divisor, "mean": src.mean, "std": src.std}
+        return spec
+
+    def export(self, src: Source, precision: str, target: str) -> Path:
+        """The exported ONNX, made once per model, precision and int8 placement; a failure is remembered, not retried."""
+        key = ("onnx", precision, target if precision == "int8" else "")
+        if key not in src.memo:
+            try:
+                src.memo[key] = onnx_file(src, precision, target, self.s.data, self.s.eval_limit, self.s.cache)
+            except EdgesegError as e:
+                src.memo[key] = EdgesegError(f"{precision} export: {str(e).strip().splitlines()[0]}")
+        if isinstance(src.memo[key], Exception):
+            raise src.memo[key]
+        return src.memo[key]
+
+    def measure(self, spec: dict, tmp: Path) -> dict:
+        """Run one row's worker process; its crash or time-out is the row's error."""
+        spec_path, result_path = tmp / "spec.json", tmp / "result.json"
+        write_json(spec_path, spec)
+        result_path.unlink(missing_ok=True)
+        env = dict(os.environ)
+        if self.s.threads:
+            env["OMP_NUM_THREADS"] = str(self.s.threads)
+        try:
+            proc = subprocess.run([sys.executable, "-m", "edgeseg.benchmark.worker", str(spec_path), str(result_path)],
+                                  env=env, capture_output=True, text=True, timeout=self.s.row_timeout)
+        except subprocess.TimeoutExpired:
+            return {"status": "error", "error": f"timed out after {self.s.row_timeout:.0f} s (--row-timeout)"}
+        if not result_path.exists():
+            last = [ln for ln in proc.stderr.strip().splitlines() if ln.strip()]
+            return {"status": "error", "error": f"worker exited with code {proc.returncode}" + (f": {last[-1][:200]}" if last else "")}
+        return json.loads(result_path.read_text())
+
+    def finish(self, row: dict, result: dict, notes: list[str]) -> None:
+        row["status"] = result.get("status", "error")
+        if row["status"] != "ok":
+            row["error"] = result.get("error", "unknown error")
+            row["note"] = "; ".join(notes)
+            return
+        lat = result["latency_ms"]
+        row.update({"runtime": result["runtime"], "device": result["device"], "latency_median_ms": lat["median"],
+                    "latency_p90_ms": lat["p90"], "latency_p99_ms": lat["p99"], "latency_mean_ms": lat["mean"],
+                    "latency_min_ms": lat["min"], "runs": lat["runs"], "fps": result["fps"],
+                    "rss_base_mb": result.get("rss_base_mb"), "rss_peak_mb": result.get("rss_peak_mb"),
+                    "device_mem_mb": result.get("device_mem_mb"), "agreement": result.get("agreement"),
+                    "open_s": result.get("open_s")})
+        if "compile_s" in result:
+            notes.append(f"compile {result['compile_s']:.0f} s")
+        achieved = row["gflop"] * row["batch"] / (lat["median"] / 1e3)
+        peak = peak_for(self.peaks, result["device"], row["precision"])
+        row["gflops_per_s"] = achieved
+        row["peak_fraction"] = achieved / peak if peak else None
+        key = (row["model"], row["backend"], row["precision"])
+        if "miou" in result:
+            self._evals[key] = {"miou": result["miou"], "eval_images": result["eval_images"]}
+        if key in self._evals:
+            row.update(self._evals[key])
+        row["note"] = "; ".join(notes)

@@ -1,0 +1,149 @@
+"""The models a bench measures: zoo architectures with random weights, trained checkpoints, shipped models.
+
+Every model becomes a checkpoint file (random-weight ones are written to the cache, named by their weights'
+hash, so that the export cache recognises them across runs) from which the exports of each precision and the
+PyTorch rows load it. The reference input and PyTorch fp32 labels of each size, against which every row's
+output is checked, are cached beside them.
+"""
+from __future__ import annotations
+
+import hashlib
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from edgeseg.data import CAMVID, ClassInfo, normalize
+from edgeseg.errors import EdgesegError
+
+
+def default_cache() -> Path:
+    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    return Path(base) / "edgeseg" / "bench"
+
+
+@dataclass
+class Source:
+    name: str  # what the table calls it: the arch, a shipped name or the checkpoint's file stem
+    arch: str
+    weights: str  # "random", "shipped" or "checkpoint"
+    checkpoint: Path
+    size_divisor: int
+    classes: ClassInfo
+    mean: list[float]
+    std: list[float]
+    note: str = ""
+    memo: dict = field(default_factory=dict)  # this run's exports, parameter and FLOP counts
+
+    @property
+    def trained(self) -> bool:
+        return self.weights != "random"
+
+
+def _state_hash(state: dict) -> str:
+    h = hashlib.sha256()
+    for k in sorted(state):
+        h.update(k.encode())
+        h.update(state[k].detach().cpu().numpy().tobytes())
+    return h.hexdigest()[:12]
+
+
+def random_weights(arch: str, classes: ClassInfo, cache: Path) -> Path:
+    """A checkpoint of `arch` with default options and seeded random weights (the same file on every run)."""
+    import torch
+
+    from edgeseg.models import checkpoint, create
+
+    torch.manual_seed(0)
+    model = create(arch, classes.num_classes).eval()
+    path = cache / "weights" / f"{arch}-random-{_state_hash(model.state_dict())}.pt"
+    if not path.exists():
+        checkpoint.save(checkpoint.model_record(model, classes), path)
+    return path
+
+
+def _from_record(name: str, weights: str, path: Path, rec: dict, note: str = "") -> Source:
+    from edgeseg.models import checkpoint
+    from edgeseg.models.registry import _REGISTRY, _load_all
+
+    _load_all()
+    divisor = _REGISTRY[rec["arch"]].size_divisor
+    return Source(name, rec["arch"], weights, path, divisor, checkpoint.classes_of(rec), list(rec["mean"]), list(rec["std"]), note)
+
+
+def resolve(archs: list[str], models: list[str], classes: ClassInfo | None, cache: Path) -> list[Source]:
+    """Sources for `--arch` names (random weights; the shipped model of that arch instead when `classes` comes
+    from --data and it fits them) and `--model` checkpoints or shipped names."""
+    from edgeseg.models import checkpoint
+
+    sources = []
+    shipped = {}
+    if classes is not None:
+        for name, path in checkpoint.SHIPPED.items():
+            if path.exists():
+                rec = checkpoint.load_record(name)
+                if checkpoint.classes_of(rec).names == classes.names:
+                    shipped.setdefault(rec["arch"], (name, path, rec))
+    for arch in archs:
+        if arch in shipped:
+            name, path, rec = shipped[arch]
+            sources.append(_from_record(arch, "shipped", path, rec, note=f"shipped `{name}` weights"))
+        else:
+            path = random_weights(arch, classes or CAMVID, cache)
+            sources.append(_from_record(arch, "random", path, checkpoint.load_record(str(path))))
+    for m in models:
+        path = checkpoint.resolve(m)
+        rec = checkpoint.load_record(m)
+        weights = "shipped" if m in checkpoint.SHIPPED else "checkpoint"
+        src = _from_record(m if m in checkpoint.SHIPPED else path.stem, weights, path, rec)
+        if classes is not None and src.classes.names != classes.names:
+            raise EdgesegError(f"{m} predicts {src.classes.num_classes} classes but the --data folder has "
+                               f"{classes.num_classes}; benchmark it on matching data or without --data")
+        sources.append(src)
+    return sources
+
+
+def fit(size: tuple[int, int], divisor: int) -> tuple[int, int]:
+    """The size rounded up to the model's size divisor (what the runtime would pad or resize to)."""
+    return tuple(-(-s // divisor) * divisor for s in size)
+
+
+def reference_image(data: Path | None, split: str) -> np.ndarray:
+    """The image every row's output is checked on: the split's first image, or seeded noise without data."""
+    if data is not None:
+        from edgeseg.data import SegFolder
+
+        return SegFolder(data, split)[0][0]
+    return np.random.default_rng(0).integers(0, 256, (360, 480, 3), dtype=np.uint8)
+
+
+def reference(src: Source, image: np.ndarray, size: tuple[int, int], cache: Path) -> tuple[Path, Path]:
+    """(input .npy [1,3,H,W], PyTorch fp32 labels .npy [H,W]) for this source and size, cached."""
+    import cv2
+
+    h, w = size
+    tag = hashlib.sha256(image.tobytes() + repr((src.mean, src.std, size)).encode()).hexdigest()[:12]
+    x_path = cache / "inputs" / f"{h}x{w}-{tag}.npy"
+    y_path = cache / "refs" / f"{src.checkpoint.stem}-{h}x{w}-{tag}.npy"
+    if not x_path.exists():
+        x = normalize(cv2.resize(image, (w, h), interpolation=cv2.INTER_LINEAR), src.mean, src.std)[None]
+        _save_npy(x_path, x)
+    if not y_path.exists():
+        import torch
+
+        from edgeseg.models import checkpoint
+
+        model, _ = checkpoint.load_model(str(src.checkpoint))
+        with torch.inference_mode():
+            y = model(torch.from_numpy(np.load(x_path))).argmax(1)[0].numpy().astype(np.int32)
+        _save_npy(y_path, y)
+    return x_path, y_path
+
+
+def _save_npy(path: Path, arr: np.ndarray) -> None:
+    from edgeseg.fileio import atomic_path
+
+    with atomic_path(path) as tmp:
+        with open(tmp, "wb") as f:
+            np.save(f, arr)

@@ -1,0 +1,41 @@
+"""Latency measurement and the process's memory, torch-free."""
+from __future__ import annotations
+
+import time
+from typing import Callable
+
+import numpy as np
+
+
+def measure(fn: Callable[[], object], *, min_time: float, min_runs: int = 10, max_runs: int = 10000,
+            warmup: int = 2) -> dict:
+    """Call fn() `warmup` times, then until both `min_time` seconds and `min_runs` calls have passed.
+
+    Returns latency statistics in milliseconds over the measured calls. With fewer than 100 runs p99 is
+    close to the maximum: the count is reported so the reader can judge.
+    """
+    for _ in range(warmup):
+        fn()
+    times = []
+    start = time.perf_counter()
+    while len(times) < max_runs and (len(times) < min_runs or time.perf_counter() - start < min_time):
+        t = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t)
+    ms = np.asarray(times) * 1e3
+    return {"median": float(np.median(ms)), "p90": float(np.percentile(ms, 90)), "p99": float(np.percentile(ms, 99)),
+            "mean": float(ms.mean()), "min": float(ms.min()), "runs": len(ms), "measured_s": float(ms.sum() / 1e3)}
+
+
+def rss_mb() -> dict:
+    """Current and peak resident memory of this process (Linux /proc), in MiB; empty elsewhere."""
+    try:
+        text = open("/proc/self/status").read()
+    except OSError:
+        return {}
+    out = {}
+    for line in text.splitlines():
+        key, _, value = line.partition(":")
+        if key in ("VmRSS", "VmHWM"):
+            out["rss" if key == "VmRSS" else "peak"] = int(value.split()[0]) / 1024.0
+    return out

@@ -1,0 +1,52 @@
+"""`edgeseg bench`: latency, throughput, memory, FLOPs and mIoU per architecture, runtime and precision."""
+from __future__ import annotations
+
+HELP = "benchmark architectures and models across runtimes (torch, ort, opencv, tensorrt), precisions and sizes"
+
+
+def add_arguments(p) -> None:
+    p.add_argument("--arch", default=None, help="zoo architectures with random weights: all or a,b (default: all, unless --model)")
+    p.add_argument("--model", default=None, help="checkpoints (.pt) or shipped names, comma-separated (mIoU measured with --data)")
+    p.add_argument("--backend", default="torch,ort,opencv,tensorrt",
+                   help="comma-separated: torch, compile (torch.compile: minutes of compiling per model), ort, opencv, "
+                        "tensorrt (skipped where it is not installed)")
+    p.add_argument("--precision", default="fp32", help="comma-separated: fp32, fp16, int8")
+    p.add_argument("--size", default="360x480", help="input sizes HxW, comma-separated (rounded up to each model's size divisor)")
+    p.add_argument("--batch", default="1", help="batch sizes, comma-separated")
+    p.add_argument("--data", default=None, help="data folder: mIoU of trained models, int8 calibration and the reference image")
+    p.add_argument("--split", default="val", help="split evaluated with --data")
+    p.add_argument("--eval-limit", type=int, default=None, help="evaluate only the first N images")
+    p.add_argument("--threads", type=int, default=None, help="CPU threads per runtime (default: the physical cores)")
+    p.add_argument("--min-time", type=float, default=3.0, help="measure each row for at least this many seconds")
+    p.add_argument("--min-runs", type=int, default=10, help="and at least this many runs")
+    p.add_argument("--warmup", type=int, default=2, help="untimed runs before measuring")
+    p.add_argument("--row-timeout", type=float, default=900.0, help="seconds after which a row is stopped and reported as failed")
+    p.add_argument("--cache", default=None, help="where exports and random-weight checkpoints are kept (default ~/.cache/edgeseg/bench)")
+    p.add_argument("--out", required=True, help="folder for bench.md, bench.csv, bench.json, bench.png, machine.json")
+
+
+def run(args) -> int:
+    import sys
+    from pathlib import Path
+
+    from edgeseg.benchmark.bench import benchmark, parse_request
+    from edgeseg.benchmark.grid import Settings
+    from edgeseg.benchmark.sources import default_cache
+    from edgeseg.errors import EdgesegError
+
+    request = parse_request(args.arch, args.model, args.backend, args.precision, args.size, args.batch)
+    if args.min_time < 0 or args.min_runs < 1 or args.warmup < 0:
+        raise EdgesegError("--min-time must be >= 0, --min-runs >= 1 and --warmup >= 0")
+    if args.eval_limit is not None and args.eval_limit < 1:
+        raise EdgesegError(f"--eval-limit {args.eval_limit}: give a positive number of images")
+    settings = Settings(min_time=args.min_time, min_runs=args.min_runs, warmup=args.warmup, threads=args.threads,
+                        data=Path(args.data) if args.data else None, split=args.split, eval_limit=args.eval_limit,
+                        row_timeout=args.row_timeout, cache=Path(args.cache) if args.cache else default_cache())
+    doc = benchmark(request, settings, Path(args.out), command="edgeseg bench " + " ".join(sys.argv[2:]))
+    print(Path(doc["files"]["table"]).read_text())
+    for kind, path in doc["files"].items():
+        print(f"{kind:>8}: {path}")
+    failed = sum(r["status"] != "ok" for r in doc["rows"])
+    if failed:
+        print(f"{failed} of {len(doc['rows'])} rows failed (their errors are in the table)")
+    return 0
