@@ -114,9 +114,10 @@ def test_odd_and_small_sizes(arch):
                 model(x)
             x = torch.randn(1, 3, *valid(model, *ODD))
         assert model(x).shape == (1, NUM_CLASSES, *x.shape[-2:])
-        small = model.min_size - 1
+        smallest = valid(model, model.min_size, model.min_size)
+        assert model(torch.randn(1, 3, *smallest)).shape == (1, NUM_CLASSES, *smallest)
         with pytest.raises(EdgesegError, match="smaller than"):
-            model(torch.randn(1, 3, small, 64))
+            model(torch.randn(1, 3, model.min_size - 1, 64))
         with pytest.raises(EdgesegError, match=r"expected images \[N,3,H,W\]"):
             model(torch.randn(1, 1, 64, 64))
 
