@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import datetime
 import os
+import time
 from pathlib import Path
 
 from edgeseg.benchmark import peers, report
@@ -34,23 +35,24 @@ def parse_request(arch: str | None, model: str | None, backend: str, precision: 
 
 def benchmark(request: dict, settings: Settings, out: Path, *, command: str = "", progress: bool = True) -> dict:
     """Run the grid and write bench.md / .csv / .json / .png and machine.json into `out`. Returns the JSON document."""
+    start = time.perf_counter()
     classes = None
     if settings.data is not None:
         from edgeseg.data import SegFolder
 
         classes = SegFolder(settings.data, settings.split).classes  # checks the folder before anything runs
+    machine = machine_info()
     if settings.threads is None:
-        settings.threads = machine_info()["cpu"]["physical_cores"] or os.cpu_count()
+        settings.threads = machine["cpu"]["physical_cores"] or os.cpu_count()
     settings.cache.mkdir(parents=True, exist_ok=True)
     sources = resolve(request["archs"], request["models"], classes, settings.cache)
-    machine = machine_info()
     peaks = measure_peaks(settings.threads)
     grid = Grid(sources, request["backends"], request["precisions"], request["sizes"], request["batches"], settings, peaks,
                 reference_image(settings.data, settings.split))
     rows = grid.run(progress=progress)
     eval_images = max((r.get("eval_images") or 0 for r in rows), default=0)
     doc = {"command": command, "date": datetime.datetime.now().astimezone().isoformat(timespec="seconds"),
-           "machine": machine, "peaks_gflops": peaks,
+           "elapsed_s": round(time.perf_counter() - start, 1), "machine": machine, "peaks_gflops": peaks,
            "settings": {"threads": settings.threads, "min_time_s": settings.min_time, "min_runs": settings.min_runs,
                         "warmup_runs": settings.warmup, "data": str(settings.data) if settings.data else None,
                         "split": settings.split, "eval_limit": settings.eval_limit, "eval_images": eval_images or None}}
@@ -65,7 +67,7 @@ def header(doc: dict) -> str:
     lines = [f"# edgeseg bench: {m['cpu']['model']} ({m['cpu']['logical_cores']} cores), {gpu}", "",
              f"{doc['date']}; {s['threads']} threads; each row: {s['warmup_runs']} warm-up runs, then at least "
              f"{s['min_runs']} runs and {s['min_time_s']:g} s; latency = numpy in -> numpy out; peak CPU GFLOP/s "
-             f"(measured matrix product): {cpu_peak}."]
+             f"(measured matrix product): {cpu_peak}; the whole run took {doc['elapsed_s'] / 60:.1f} min."]
     if s["data"]:
         lines.append(f"mIoU on {s['data']} [{s['split']}], {s['eval_images']} images at their own size"
                      + (f" (--eval-limit {s['eval_limit']})" if s["eval_limit"] else "")

@@ -115,11 +115,14 @@ def plot(path: Path, rows: list[dict], title: str) -> None:
                 linestyle="--", linewidth=1, label="Pareto front", zorder=2)
         ax.scatter([p["latency_median_ms"] for p in front], [100 * p["miou"] for p in front], s=180, facecolors="none",
                    edgecolors="0.2", zorder=4)
-        ax.legend(loc="lower right", fontsize=8)
+        ax.legend(loc="best", fontsize=8)
+        ax.margins(x=0.25, y=0.25)  # room for the labels
     else:
         ax.text(0.5, 0.5, "no mIoU measured (run with --data and trained models)", ha="center", va="center",
                 transform=ax.transAxes, color="0.4")
     ax.set_ylabel("mIoU %")
+    if pts:
+        title += f"\n{pts[0]['size']}, batch {pts[0]['batch']}: the fastest runtime of each model and precision"
     ax.set_title(title, fontsize=10)
     ax.grid(True, alpha=0.3)
     for i, p in enumerate(unscored):
@@ -129,6 +132,7 @@ def plot(path: Path, rows: list[dict], title: str) -> None:
     strip.set_yticks([])
     strip.set_ylabel("untrained /\nno mIoU", fontsize=8)
     strip.set_ylim(-1, 1)
+    strip.margins(x=0.25)
     strip.set_xlabel("median latency, ms (lower is better)")
     strip.grid(True, axis="x", alpha=0.3)
     lats = [p["latency_median_ms"] for p in pts]

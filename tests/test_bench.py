@@ -1,0 +1,128 @@
+"""`edgeseg bench`: grid parsing, the Pareto front, failing rows, and a small real run writing every report."""
+from __future__ import annotations
+
+import csv
+import json
+import time
+
+import cv2
+import numpy as np
+import pytest
+
+from edgeseg.benchmark.bench import parse_request
+from edgeseg.benchmark.grid import Grid, Settings, parse_size
+from edgeseg.benchmark.machine import peak_for
+from edgeseg.benchmark.report import pareto_front
+from edgeseg.benchmark.timing import measure
+from edgeseg.cli import main
+from edgeseg.errors import EdgesegError
+
+
+def test_pareto_front_against_brute_force():
+    pts = [(10, 0.5), (20, 0.7), (15, 0.4), (30, 0.7), (5, 0.1), (25, 0.8), (20, 0.7), (12, 0.6)]
+    front = pareto_front(pts)
+    assert [pts[i] for i in front] == [(5, 0.1), (10, 0.5), (12, 0.6), (20, 0.7), (20, 0.7), (25, 0.8)]
+    rng = np.random.default_rng(0)
+    for _ in range(20):
+        pts = [tuple(v) for v in rng.integers(0, 6, (12, 2)).tolist()]
+        want = {i for i, (l, a) in enumerate(pts)
+                if not any(l2 <= l and a2 >= a and (l2, a2) != (l, a) for l2, a2 in pts)}
+        assert set(pareto_front(pts)) == want
+    assert pareto_front([]) == []
+
+
+def test_parse_request_and_bad_input():
+    req = parse_request("unet", None, "torch,ort", "fp32,int8", "360x480, 64X96", "1,2")
+    assert req["archs"] == ["unet"] and req["sizes"] == [(360, 480), (64, 96)] and req["batches"] == [1, 2]
+    everything = parse_request("all", None, "ort", "fp32", "64x64", "1")["archs"]
+    assert parse_request(None, None, "ort", "fp32", "64x64", "1")["archs"] == everything and "unet" in everything
+    for bad, match in (({"arch": "resnet9000"}, "resnet9000"), ({"size": "360by480"}, "360by480"), ({"size": "0x10"}, "0x10"),
+                       ({"backend": "onnx"}, "onnx"), ({"precision": "int4"}, "int4"), ({"batch": "0"}, "batch")):
+        args = {"arch": "unet", "model": None, "backend": "ort", "precision": "fp32", "size": "64x64", "batch": "1", **bad}
+        with pytest.raises(EdgesegError, match=match):
+            parse_request(**args)
+    with pytest.raises(EdgesegError):
+        parse_size("360x")
+
+
+@pytest.mark.parametrize("argv, named", [(["--arch", "nosuch"], "nosuch"), (["--size", "big"], "big"),
+                                          (["--model", "missing.pt"], "missing.pt")])
+def test_cli_bad_input_is_one_line(argv, named, tmp_path, capsys):
+    assert main(["bench", *argv, "--cache", str(tmp_path / "c"), "--out", str(tmp_path / "o")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert named in err and len(err.splitlines()) == 1 and "Traceback" not in err
+    assert not (tmp_path / "o").exists()
+
+
+def test_measure_honours_min_runs_and_min_time():
+    calls = []
+    stats = measure(lambda: calls.append(time.sleep(0.001)), min_time=0.05, min_runs=5, warmup=3)
+    assert stats["runs"] >= 5 and stats["measured_s"] >= 0.05 and len(calls) == stats["runs"] + 3
+    assert 0 < stats["min"] <= stats["median"] <= stats["p90"] <= stats["p99"]
+
+
+def test_peak_for_picks_the_roof_of_the_precision():
+    peaks = {"cpu": {"fp32": 100.0, "int8": 400.0}, "cuda": {"fp32": 50e3, "fp16": 400e3, "int8": 800e3}}
+    assert peak_for(peaks, "cpu", "fp16") == 100.0 and peak_for(peaks, "cpu", "int8") == 400.0
+    assert peak_for(peaks, "cuda", "fp16") == 400e3 and peak_for({"cpu": {"fp32": 1.0}}, "cpu", "int8") is None
+
+
+def test_worker_failure_is_the_rows_error(tmp_path):
+    """A runtime that raises in the row's process gives an error result; the grid's process carries on."""
+    bogus = tmp_path / "bogus.onnx"
+    bogus.write_text("not an onnx graph")
+    x = tmp_path / "x.npy"
+    np.save(x, np.zeros((1, 3, 8, 8), np.float32))
+    grid = Grid([], [], [], [], [], Settings(cache=tmp_path, row_timeout=300), {}, None)
+    spec = {"backend": "ort", "precision": "fp32", "files": {"onnx": str(bogus)}, "input": str(x), "reference": None,
+            "batch": 1, "threads": 1, "min_time": 0, "min_runs": 1, "warmup": 0, "eval": None}
+    result = grid.measure(spec, tmp_path)
+    assert result["status"] == "error" and "bogus.onnx" in result["error"]
+
+
+def test_bench_end_to_end(tiny_camvid, tmp_path, capsys):
+    """Random-weight unet (untrained) and a checkpoint (mIoU measured) on torch and ort; the 16x16 rows fail
+    (below the model's minimum size) and the run goes on to write the table, CSV, JSON, machine info and plot."""
+    import torch
+
+    from edgeseg.data import SegFolder
+    from edgeseg.models import checkpoint, create
+
+    torch.manual_seed(1)
+    ckpt = tmp_path / "mine.pt"
+    checkpoint.save(checkpoint.model_record(create("unet", 11, width=8), SegFolder(tiny_camvid, "val").classes), ckpt)
+    out = tmp_path / "out"
+    rc = main(["bench", "--arch", "unet", "--model", str(ckpt), "--backend", "torch,ort", "--precision", "fp32",
+               "--size", "16x16,64x96", "--data", str(tiny_camvid), "--eval-limit", "2", "--threads", "1",
+               "--min-time", "0", "--min-runs", "3", "--warmup", "1", "--cache", str(tmp_path / "cache"), "--out", str(out)])
+    assert rc == 0
+    printed = capsys.readouterr().out
+    doc = json.loads((out / "bench.json").read_text())
+    rows = doc["rows"]
+    assert len(rows) == 2 * 2 * 2
+    for r in rows:
+        if r["size"] == "16x16":
+            assert r["status"] == "error" and "smaller than 32" in r["error"], r
+            continue
+        assert r["status"] == "ok", r
+        for k in ("latency_median_ms", "latency_p90_ms", "latency_p99_ms", "fps", "rss_peak_mb", "params_m", "gflop",
+                  "gflops_per_s", "peak_fraction"):
+            assert r[k] > 0, (k, r)
+        assert r["latency_median_ms"] <= r["latency_p90_ms"] <= r["latency_p99_ms"] and r["runs"] >= 3
+        assert r["agreement"] > 0.99  # every runtime computes what PyTorch fp32 computes
+        if r["model"] == "mine":
+            assert 0 <= r["miou"] <= 1 and r["eval_images"] == 2
+        else:
+            assert r["weights"] == "random" and r.get("miou") is None
+    ok = {(r["model"], r["backend"]): r for r in rows if r["status"] == "ok"}
+    assert ok[("mine", "torch")]["miou"] == pytest.approx(ok[("mine", "ort")]["miou"], abs=0.02)
+    assert ok[("unet", "torch")]["gflop"] == ok[("unet", "ort")]["gflop"]
+    assert doc["machine"]["cpu"]["logical_cores"] >= 1 and doc["peaks_gflops"]["cpu"]["fp32"] > 0
+    assert doc["machine"]["libraries"]["onnxruntime"] and doc["machine"]["libraries"]["numpy"]
+    table = (out / "bench.md").read_text()
+    assert "| Model |" in table and "untrained" in table and "**error**" in table and table in printed
+    with open(out / "bench.csv") as f:
+        assert len(list(csv.DictReader(f))) == len(rows)
+    assert json.loads((out / "machine.json").read_text())["machine"]["cpu"]
+    img = cv2.imread(str(out / "bench.png"))
+    assert img is not None and img.shape[0] > 100 and img.std() > 0
