@@ -20,7 +20,6 @@ from edgeseg.cli import main
 from edgeseg.cli.run import run_stream
 from runtime_helpers import SIZE, camvid_frames, camvid_meta, conv_net, export_onnx, read_video, sfnet, write_video
 
-pytestmark = pytest.mark.timeout(120)
 DESIGN_KEYS = {"frames", "fps", "latency_ms", "stages", "dropped"}
 
 
@@ -135,6 +134,7 @@ class _Server:
         self.httpd.server_close()
 
 
+@pytest.mark.timeout(300)
 @pytest.mark.parametrize("mode", ["drop", "stall", "recover"])
 def test_network_stream_reconnects_with_backoff_then_ends_cleanly(model, frames, tmp_path, mode):
     clip = write_video(tmp_path / "clip.avi", frames * 2)  # 16 frames; the first connection delivers about half
@@ -157,6 +157,7 @@ def _cli(*args, **kw):
                             stderr=subprocess.PIPE, text=True, **kw)
 
 
+@pytest.mark.timeout(300)
 @pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
 def test_signal_mid_run_stops_fast_and_leaves_a_playable_video(model, video, tmp_path, sig):
     out, summary = tmp_path / "out.mp4", tmp_path / "run.json"

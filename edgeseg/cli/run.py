@@ -21,7 +21,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     from edgeseg.runtime.pipeline import POLICIES
     from edgeseg.runtime.render import VIS_MODES
 
-    p.add_argument("--model", required=True, help="an .onnx, or a TensorRT .engine with its <engine>.json metadata")
+    p.add_argument("--model", required=True, help="an .onnx, a TensorRT .engine (with its <engine>.json metadata), or a "
+                   "checkpoint / shipped model name (exported to ONNX once, cached; needs torch)")
     p.add_argument("--source", required=True, help=SOURCE_HELP)
     p.add_argument("--sink", action="append", metavar="URI", help=SINK_HELP)
     p.add_argument("--json", type=Path, metavar="FILE", help="write the run summary (frames, fps, latency_ms, stages, dropped) here")
@@ -54,13 +55,13 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(args) -> int:
-    from edgeseg.runtime.pipeline import Pipeline
     from edgeseg.runtime.preprocess import parse_size
     from edgeseg.runtime.sinks import gui_available
 
     size = parse_size(args.size) if args.size else None
+    model = resolve_model(args.model)
     sink_uris = args.sink or ["display://" if gui_available() else "null"]
-    summary, pipeline = run_stream(args.model, args.source, sink_uris, backend=args.backend, threads=args.threads,
+    summary, pipeline = run_stream(model, args.source, sink_uris, backend=args.backend, threads=args.threads,
                                    source_kw=dict(width=args.input_width, height=args.input_height, rate=args.rate,
                                                   loop=args.loop, max_retries=args.max_retries, timeout_s=args.timeout),
                                    pipeline_kw=dict(labels_dir=args.save_labels, confidence_dir=args.save_confidence,
@@ -73,13 +74,31 @@ def run(args) -> int:
         write_json(args.json, summary)
     print(format_summary(summary, labels_dir=args.save_labels, confidence_dir=args.save_confidence, json_path=args.json))
     code = 1 if summary["end"].startswith("source lost") else 0
-    if any(t.is_alive() for t in pipeline.threads.values()):
+    if pipeline.busy:
         # A stage is stuck in a blocking call (a stalled camera or an inference cut short): everything is
         # written and finalised, so leave without waiting for it.
         sys.stdout.flush()
         sys.stderr.flush()
         os._exit(code)
     return code
+
+
+def resolve_model(model: str) -> str:
+    """An .onnx or engine as it is; a checkpoint (.pt) or shipped model name is exported to ONNX fp32 once (cached),
+    which needs torch (the [train] extra): the lean path is to export first and run the .onnx."""
+    from edgeseg.runtime.backends import ENGINE_SUFFIXES
+
+    if Path(model).suffix.lower() in (".onnx", *ENGINE_SUFFIXES):
+        return model
+    from edgeseg.errors import EdgesegError
+
+    try:
+        from edgeseg.cli.demo import export_cached
+        paths, _ = export_cached(model, ("fp32",))
+    except ModuleNotFoundError as e:
+        raise EdgesegError(f"{model}: a checkpoint must be exported before it runs, which needs {e.name} (pip install "
+                           f"'edgeseg[train]'); or export it elsewhere: `edgeseg export --model {model} --out DIR`") from None
+    return str(paths["fp32"])
 
 
 def run_stream(model, source_uri, sink_uris, *, backend="auto", threads=None, source_kw=None, pipeline_kw=None,
@@ -109,12 +128,14 @@ def run_stream(model, source_uri, sink_uris, *, backend="auto", threads=None, so
     handlers = {}
     if threading.current_thread() is threading.main_thread():
         for sig, reason in ((signal.SIGINT, "interrupted"), (signal.SIGTERM, "terminated")):
-            handlers[sig] = signal.signal(sig, lambda *_ , r=reason: pipeline.request_stop(r))
+            handlers[sig] = signal.signal(sig, lambda *_, r=reason: pipeline.request_stop(r))
     try:
         summary = pipeline.run()
     finally:
         for sig, h in handlers.items():
             signal.signal(sig, h)
+        if not pipeline.busy:
+            model_backend.close()
     return summary, pipeline
 
 

@@ -1,8 +1,9 @@
 """The streaming loop: capture -> preprocess -> infer -> postprocess -> render/write, one thread per stage, bounded
 channels between them, so the stages overlap in time.
 
-Live sources get the latest-frame policy: capture overwrites a frame that preprocessing has not taken yet (counted
-in `dropped`), and preprocessing takes a frame only when inference can accept it, so what is inferred is fresh.
+Live sources get the latest-frame policy: capture overwrites a frame that preprocessing has not taken yet, and
+preprocessing overwrites a prepared frame that inference has not taken yet (both counted in `dropped`), so each
+inference starts on the freshest frame.
 Files are never dropped: a full channel makes the producer wait. Frame, input, output and label buffers come from
 pools and are reused; nothing large is allocated per frame after the first few.
 
@@ -61,12 +62,6 @@ class Channel:
             self._cond.notify_all()
             return old
 
-    def wait_space(self) -> bool:
-        with self._cond:
-            while len(self._items) >= self.capacity and not self._aborted:
-                self._cond.wait(0.1)
-            return not self._aborted
-
     def get(self):
         with self._cond:
             while not self._items and not self._closed and not self._aborted:
@@ -78,11 +73,6 @@ class Channel:
                 self._cond.notify_all()
                 return item
             return END
-
-    def drain(self) -> list:
-        with self._cond:
-            items, self._items = list(self._items), deque()
-            return items
 
     def close(self) -> None:
         with self._cond:
@@ -136,7 +126,10 @@ class Slot:
 
 
 class Pipeline:
-    """Run `backend` on `source` and write to `sinks`; run() returns the summary dict (see Stats.summary)."""
+    """Run `backend` on `source` and write to `sinks`; run() returns the summary dict (see Stats.summary).
+
+    The pipeline closes the source and the sinks; the backend stays the caller's (close it once `busy` is False).
+    """
 
     def __init__(self, source, backend, sinks: list[Sink] = (), *, labels_dir: Path | None = None,
                  confidence_dir: Path | None = None, vis: str = "overlay", alpha: float = 0.5, legend: bool = True,
@@ -254,8 +247,6 @@ class Pipeline:
 
     def _preprocess(self):
         while True:
-            if self.live and not self.q_pre.wait_space():  # take the freshest frame when inference can accept it
-                return
             slot = self.q_cap.get()
             if slot is END or slot is STOP:
                 return
@@ -265,7 +256,13 @@ class Pipeline:
             t = time.perf_counter()
             slot.x = self.pre(slot.frame, out=x)
             slot.times["preprocess"] = (time.perf_counter() - t) * 1e3
-            if not self.q_pre.put(slot):
+            if self.live:  # keep the freshest frame ready for inference; a newer one replaces it
+                old = self.q_pre.put_latest(slot)
+                if old is not None:
+                    self.stats.drop()
+                    self.inputs.release(old.x)
+                    self.frames.release(old.frame)
+            elif not self.q_pre.put(slot):
                 return
 
     def _infer(self):
@@ -361,6 +358,11 @@ class Pipeline:
                     if self.error is None:
                         self.error = e
 
+    @property
+    def busy(self) -> bool:
+        """A stage thread still runs (cut short in a blocking call): the backend may still be in use."""
+        return any(t.is_alive() for t in getattr(self, "threads", {}).values())
+
     # ---- run ----
     def run(self) -> dict:
         t_start = time.perf_counter()
@@ -380,9 +382,9 @@ class Pipeline:
         for t in self.threads.values():
             t.start()
         self._wait(self.threads["output"])
-        self.threads["infer"].join(timeout=0.2)
-        if not self.threads["infer"].is_alive():
-            self.backend.close()
+        deadline = time.perf_counter() + 0.3  # the other stages end at once, unless stuck in a blocking call
+        for t in self.threads.values():
+            t.join(timeout=max(0.0, deadline - time.perf_counter()))
         wall = time.perf_counter() - t_start
         if self.status:
             self._print_status(final=True)

@@ -1,0 +1,151 @@
+"""`edgeseg demo`: the shipped model on the shipped CamVid clip, ONNX fp32 vs INT8, in one command.
+
+The first run exports the model (fp32, and INT8 calibrated on frames of the clip) into the cache; later runs reuse
+it. The clip is replayed at its own frame rate, as a camera would deliver it, with the latest-frame policy, so
+the table shows what each precision sustains live: FPS, end-to-end latency and dropped frames.
+"""
+from __future__ import annotations
+
+import os
+import shutil
+from pathlib import Path
+
+HELP = "run the shipped model on the demo clip (or --source): ONNX fp32 vs INT8, overlay videos and a latency table"
+
+CLIP = Path(__file__).resolve().parents[1] / "zoo" / "camvid_clip.mp4"
+CALIB_FRAMES = 32
+VALIDATE_SIZE = (360, 480)
+
+
+def add_arguments(p) -> None:
+    p.add_argument("--source", help="a camera, stream, video or image folder (default: the shipped CamVid clip)")
+    p.add_argument("--out", type=Path, default=Path("edgeseg-demo"), help="folder for the overlay videos and the summary")
+    p.add_argument("--model", default="demo", help="a shipped model name or an edgeseg checkpoint (.pt)")
+    p.add_argument("--precision", default="fp32,int8", help="comma list of fp32, int8")
+    p.add_argument("--backend", default="ort-cpu", help="ort-cpu, ort-cuda or ort-trt (see `edgeseg run --help`)")
+    p.add_argument("--threads", type=int, help="ONNX Runtime intra-op threads")
+    p.add_argument("--every-frame", action="store_true",
+                   help="process every frame as fast as possible instead of replaying the clip at its frame rate")
+    p.add_argument("--max-frames", type=int, default=0, metavar="N", help="frames per precision (default: the whole clip; 300 live)")
+    p.add_argument("--quiet", action="store_true", help="no live status line, no export progress")
+
+
+def cache_dir() -> Path:
+    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    return Path(base) / "edgeseg" / "demo"
+
+
+def calibration_frames(clip: Path, folder: Path, n: int = CALIB_FRAMES) -> Path:
+    """n frames spread over the clip as PNGs (made once; a killed run leaves no half-filled folder)."""
+    import cv2
+    import numpy as np
+
+    from edgeseg.errors import EdgesegError
+
+    if folder.is_dir() and len(list(folder.glob("*.png"))) == n:
+        return folder
+    cap = cv2.VideoCapture(str(clip))
+    frames = []
+    while True:
+        ok, f = cap.read()
+        if not ok:
+            break
+        frames.append(f)
+    cap.release()
+    if len(frames) < n:
+        raise EdgesegError(f"{clip}: {len(frames)} frames readable, the calibration needs {n}; reinstall edgeseg")
+    tmp = folder.with_name(f".{folder.name}.tmp{os.getpid()}")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    for k, i in enumerate(np.linspace(0, len(frames) - 1, n).round().astype(int)):
+        cv2.imwrite(str(tmp / f"{k:03d}.png"), frames[i])
+    shutil.rmtree(folder, ignore_errors=True)
+    os.replace(tmp, folder)
+    return folder
+
+
+def export_cached(model: str = "demo", precisions=("fp32", "int8"), progress: bool = True) -> tuple[dict[str, Path], dict]:
+    """Export a checkpoint (or shipped name) to ONNX in the cache, INT8 calibrated on the demo clip; cached by
+    edgeseg.export (same checkpoint and options -> no work). Returns ({precision: path}, export report)."""
+    from edgeseg.errors import EdgesegError
+    from edgeseg.export import export_model
+    from edgeseg.fileio import sha256_file
+    from edgeseg.models import checkpoint
+
+    if model in checkpoint.SHIPPED and not checkpoint.SHIPPED[model].is_file():
+        raise EdgesegError(f"the shipped model {model!r} is not in this install ({checkpoint.SHIPPED[model]}); "
+                           f"reinstall edgeseg, or pass --model with a checkpoint from `edgeseg train`")
+    src = checkpoint.resolve(model)
+    frames = calibration_frames(CLIP, cache_dir() / "calibration")
+    precisions = tuple(p for p in ("fp32", "fp16", "int8") if p in {"fp32", *precisions})  # fp32 is always made
+    out = cache_dir() / "models" / f"{src.stem}-{sha256_file(src)[:12]}" / "+".join(precisions)
+    report = export_model(model, out, precisions, progress=progress, data=str(frames), calib=str(frames),
+                          calib_images=CALIB_FRAMES, guard=False, int8_target="cpu", sizes=(VALIDATE_SIZE,))
+    paths = {f["precision"]: Path(f["path"]) for f in report["outputs"].values() if f["graph"] == "plain"}
+    return paths, report
+
+
+def native_rate(uri: str) -> float | None:
+    """A video file's own frame rate (to replay it like a camera), else None."""
+    import cv2
+
+    from edgeseg.runtime.sources import parse_source
+
+    spec = parse_source(uri)
+    if spec.kind != "video":
+        return None
+    cap = cv2.VideoCapture(spec.target)
+    fps = cap.get(cv2.CAP_PROP_FPS)
+    cap.release()
+    return fps if 0 < fps < 1000 else None
+
+
+def run(args) -> int:
+    from edgeseg.cli.run import run_stream
+    from edgeseg.errors import EdgesegError
+    from edgeseg.fileio import write_json, write_text
+    from edgeseg.runtime.sources import parse_source
+
+    precisions = [p.strip() for p in args.precision.split(",") if p.strip()]
+    bad = [p for p in precisions if p not in ("fp32", "int8")]
+    if bad or not precisions:
+        raise EdgesegError(f"--precision {args.precision!r}: give fp32, int8 or both")
+    source = args.source or str(CLIP)
+    live = parse_source(source).live
+    rate = None if (live or args.every_frame) else native_rate(source)
+    max_frames = args.max_frames or (300 if live else 0)
+    models, report = export_cached(args.model, precisions, progress=not args.quiet)
+    runs = {}
+    for precision in precisions:
+        video = args.out / f"overlay_{precision}.mp4"
+        summary, _ = run_stream(models[precision], source, [str(video)], backend=args.backend, threads=args.threads,
+                                source_kw={"rate": rate},
+                                pipeline_kw={"policy": "all" if args.every_frame else "auto" if live else "latest",
+                                             "max_frames": max_frames, "status": not args.quiet})
+        runs[precision] = summary
+        if summary["end"] in ("interrupted", "terminated"):
+            break
+    agreement = (report.get("validation", {}).get("int8") or {}).get("argmax_agreement")
+    table = comparison_table(runs, rate, agreement)
+    write_json(args.out / "summary.json", {"source": source, "rate": rate, "runs": runs,
+                                           "export": {"report": str(Path(next(iter(models.values()))).parent / "report.json"),
+                                                      "int8_argmax_agreement": agreement}})
+    write_text(args.out / "summary.md", table + "\n")
+    print(table)
+    print("\n" + "\n".join(f"overlay {p}: {args.out / f'overlay_{p}.mp4'}" for p in runs))
+    print(f"summary: {args.out / 'summary.md'} (and summary.json); models: {next(iter(models.values())).parent}")
+    return 0
+
+
+def comparison_table(runs: dict, rate: float | None, agreement: float | None) -> str:
+    replay = f"replayed at {rate:g} FPS, latest-frame policy" if rate else "every frame, as fast as possible"
+    rows = ["| precision | backend | frames | dropped | FPS | infer ms (p50) | latency p50 ms | latency p99 ms |",
+            "|---|---|---:|---:|---:|---:|---:|---:|"]
+    for p, s in runs.items():
+        rows.append(f"| {p} | {s['backend']} | {s['frames']} | {s['dropped']} | {s['fps']:.1f} | "
+                    f"{s['stages']['infer']['p50']:.1f} | {s['latency_ms']['p50']:.0f} | {s['latency_ms']['p99']:.0f} |")
+    notes = [f"Source: {next(iter(runs.values()))['source']} ({replay}); model input "
+             f"{'x'.join(map(str, next(iter(runs.values()))['model_input']))}; latency is capture to written frame."]
+    if agreement is not None:
+        notes.append(f"INT8 vs fp32 argmax agreement (export validation): {100 * agreement:.2f}%.")
+    return "\n".join(rows) + "\n\n" + "\n".join(notes)
