@@ -65,8 +65,38 @@ def to_fp16(model: onnx.ModelProto) -> tuple[onnx.ModelProto, dict]:
     except Exception as e:  # the converter raises plain exceptions from shape inference and graph surgery
         raise EdgesegError(f"FP16 conversion failed ({type(e).__name__}: {str(e).splitlines()[0][:200]})") from None
     out.ir_version = model.ir_version
-    return out, {"fp32_ops": [o for o in FP32_OPS if any(n.op_type == o for n in model.graph.node)],
-                 "fp32_nodes": len(nodes) + sum(1 for n in model.graph.node if n.op_type in FP32_OPS)}
+    _restore_output_types(out, {o.name: o.type.tensor_type.elem_type for o in model.graph.output})
+    in_fp32 = set(nodes) | {n.name for n in model.graph.node if n.op_type in FP32_OPS}
+    return out, {"fp32_ops": sorted({n.op_type for n in model.graph.node if n.op_type in FP32_OPS}),
+                 "fp32_nodes": len(in_fp32), "nodes": len(model.graph.node)}
+
+
+def _restore_output_types(model: onnx.ModelProto, want: dict[str, int]) -> None:
+    """Outputs keep their fp32 type (the converter's keep_io_types misses outputs made by a blocked node, which it
+    casts back to fp16): drop that cast, or add one to fp32."""
+    from onnx import helper
+
+    graph = model.graph
+    types = {v.name: v.type.tensor_type.elem_type
+             for v in onnx.shape_inference.infer_shapes(model).graph.value_info}
+    prod = producers(graph)
+    for out in graph.output:
+        if out.type.tensor_type.elem_type == want[out.name]:
+            continue
+        node = prod[out.name]
+        if node.op_type == "Cast" and types.get(node.input[0]) == want[out.name]:
+            src = node.input[0]
+            graph.node.remove(node)
+            for n in graph.node:  # the tensor the cast read becomes the output
+                n.output[:] = [out.name if o == src else o for o in n.output]
+                n.input[:] = [out.name if i == src else i for i in n.input]
+        else:
+            inner = f"{out.name}_fp16"
+            for n in graph.node:
+                n.output[:] = [inner if o == out.name else o for o in n.output]
+                n.input[:] = [inner if i == out.name else i for i in n.input]
+            graph.node.append(helper.make_node("Cast", [inner], [out.name], to=want[out.name], name=f"{out.name}_to_fp32"))
+        out.type.tensor_type.elem_type = want[out.name]
 
 
 def float_types(model: onnx.ModelProto) -> dict[str, int]:

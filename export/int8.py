@@ -13,6 +13,9 @@ the loss allows.
 """
 from __future__ import annotations
 
+import contextlib
+import io
+import logging
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -86,6 +89,19 @@ def float_matmuls(model: onnx.ModelProto) -> list[str]:
     return [n.name for n in model.graph.node if n.op_type in ("MatMul", "Gemm") and any(i in derived for i in n.input)]
 
 
+def size_dependent_nodes(model: onnx.ModelProto) -> list[str]:
+    """Nodes whose values scale with the input size: flow-warp grids and their GridSample, index arithmetic.
+
+    Calibrated at one size, their quantization ranges would be wrong at every other size.
+    """
+    from edgeseg.export.flowwarp import grid_cones
+
+    derived = shape_derived(model.graph)
+    names = {n.name for gs, cone in grid_cones(model.graph) for n in [gs, *cone.nodes]}
+    names |= {n.name for n in model.graph.node if n.output and all(o in derived for o in n.output if o)}
+    return [n.name for n in model.graph.node if n.name in names]
+
+
 def quantizable_nodes(model: onnx.ModelProto) -> list[str]:
     """The nodes the tensorrt placement quantizes, in graph order."""
     keep_float = set(float_matmuls(model))
@@ -116,20 +132,42 @@ def quantize(fp32: Path, out: Path, images: CalibrationImages, cfg: QuantConfig,
     method = {"minmax": CalibrationMethod.MinMax, "entropy": CalibrationMethod.Entropy,
               "percentile": CalibrationMethod.Percentile}[cfg.method]
     images.rewind()
-    try:
-        quantize_static(str(fp32), str(out), images, quant_format=QuantFormat.QDQ, per_channel=cfg.per_channel,
-                        activation_type=QuantType.QInt8 if trt else QuantType.QUInt8, weight_type=QuantType.QInt8,
-                        op_types_to_quantize=list(QUANTIZED_OPS) if trt else None, nodes_to_quantize=list(only or []),
-                        nodes_to_exclude=list(exclude) + float_matmuls(model), calibrate_method=method,
-                        extra_options=options, calibration_cache_path=str(cache) if cache else None)
+    try:  # quiet: quantize_static advises pre-processing (done: the graph is simplified) and prints histogram settings
+        logging.disable(logging.WARNING)
+        with contextlib.redirect_stdout(io.StringIO()):
+            quantize_static(str(fp32), str(out), images, quant_format=QuantFormat.QDQ, per_channel=cfg.per_channel,
+                            activation_type=QuantType.QInt8 if trt else QuantType.QUInt8, weight_type=QuantType.QInt8,
+                            op_types_to_quantize=list(QUANTIZED_OPS) if trt else None, nodes_to_quantize=list(only or []),
+                            nodes_to_exclude=list(exclude) + float_matmuls(model) + size_dependent_nodes(model),
+                            calibrate_method=method,
+                            extra_options=options, calibration_cache_path=str(cache) if cache else None)
     except EdgesegError:
         raise
     except Exception as e:  # onnxruntime.quantization raises ValueError / RuntimeError / ORT errors
         raise EdgesegError(f"INT8 quantization of {fp32} failed ({type(e).__name__}: {str(e).strip().splitlines()[0][:200]})") from None
+    finally:
+        logging.disable(logging.NOTSET)
     q = onnx.load(str(out))
     q.ir_version = model.ir_version
+    shapes_from_quantized(q)
     onnx.save(q, str(out))
     return out
+
+
+def shapes_from_quantized(model: onnx.ModelProto) -> int:
+    """Let Shape nodes read the quantized tensor instead of its DequantizeLinear (same shape): a DQ that only fed
+    shape reads then goes away, and with it a full pass over the tensor. Returns the Shape nodes rewired."""
+    from edgeseg.export.graph import producers, remove_dead_nodes
+
+    prod = producers(model.graph)
+    n = 0
+    for node in model.graph.node:
+        src = prod.get(node.input[0]) if node.op_type == "Shape" else None
+        if src is not None and src.op_type == "DequantizeLinear":
+            node.input[0] = src.input[0]
+            n += 1
+    remove_dead_nodes(model.graph)
+    return n
 
 
 def qdq_summary(model: onnx.ModelProto) -> dict:
@@ -178,7 +216,7 @@ class GuardResult:
 
 def sensitivity(fp32: Path, images: CalibrationImages, cfg: QuantConfig, cache: Path, work: Path, *,
                 probe: int = 4, progress: bool = True) -> list[dict]:
-    """Output error (mean squared logit error / mean squared logit) caused by quantizing each layer alone.
+    """Output error (squared logit error / squared logit, or changed labels) caused by quantizing each layer alone.
 
     Measured on the first `probe` calibration images; worst first.
     """
@@ -192,9 +230,16 @@ def sensitivity(fp32: Path, images: CalibrationImages, cfg: QuantConfig, cache: 
     for name in tqdm(nodes, desc="int8 sensitivity", unit="layer", disable=not progress, leave=False):
         path = quantize(fp32, work / "probe.onnx", images, cfg, only=[name], cache=cache)
         run = OrtPredictor(path)
-        err = float(np.mean([np.mean((run(x) - w) ** 2) / max(float(np.mean(w ** 2)), 1e-12) for x, w in zip(feeds, want)]))
+        err = float(np.mean([_error(run(x), w) for x, w in zip(feeds, want)]))
         out.append({"node": name, "error": err})
     return sorted(out, key=lambda r: -r["error"])
+
+
+def _error(got: np.ndarray, want: np.ndarray) -> float:
+    """Relative squared error of logits; the fraction of changed pixels for an argmax head's labels."""
+    if want.ndim == 3:
+        return float(np.mean(got != want))
+    return float(np.mean((got - want) ** 2) / max(float(np.mean(want ** 2)), 1e-12))
 
 
 def guarded_quantize(fp32: Path, out: Path, images: CalibrationImages, cfg: QuantConfig, evaluate: Callable[[Path], dict],

@@ -15,7 +15,8 @@ def to_markdown(rep: dict) -> str:
     lines = [f"# Export report: {rep.get('name', '?')}", "",
              f"- status: **{rep.get('status')}**" + (f" — {rep['error']}" if rep.get("error") else ""),
              f"- source: `{src.get('path')}` (sha256 `{str(src.get('sha256'))[:16]}…`), arch `{rep.get('arch')}`",
-             f"- options: " + ", ".join(f"{k}={v}" for k, v in rep.get("options", {}).items()), ""]
+             f"- data: `{rep.get('data')}`",
+             "- options: " + ", ".join(f"{k}={v}" for k, v in rep.get("options", {}).items()), ""]
     outputs = rep.get("outputs", {})
     if outputs:
         lines += ["## Files", "", "| file | precision | graph | MB | sha256 |", "|---|---|---|---:|---|"]
@@ -48,7 +49,8 @@ def to_markdown(rep: dict) -> str:
                   + (f" ({c['percentile']} percentile)" if "percentile" in c else "")
                   + f", sizes {', '.join(f'{h}x{w}' for h, w in c['sizes'])}",
                   f"- Q/DQ form: {c['target']} (per-channel weights: {c['per_channel_weights']}); "
-                  f"layers kept in float by design: {', '.join(q['float_by_design']) or 'none'}"]
+                  f"kept in float by design: the pooling products {', '.join(q['float_by_design']) or '(none)'} and "
+                  f"{q.get('size_dependent_float', 0)} nodes of size-dependent arithmetic (flow-warp grids, index maths)"]
         g = q.get("guard")
         if g:
             lines.append(f"- guard: fp32 {_pct(g['fp32_miou'])} → int8 {_pct(g['int8_miou'])} mIoU "

@@ -16,6 +16,7 @@ from edgeseg.meta import classes_of
 FP32_MAX_ABS = 1e-3  # ONNX Runtime fp32 vs PyTorch
 MIN_AGREEMENT = 0.999  # fraction of pixels with the same argmax
 PLUGIN_MAX_ABS = 1e-4  # FlowWarp plugin graph vs the graph it was rewritten from
+INT8_MIN_AGREEMENT = 0.95  # int8 vs fp32 at every size; below it the Q/DQ graph is broken, not merely rounded
 
 
 def image_files(folder: str | Path, split: str | None = None) -> list[Path]:
