@@ -11,7 +11,7 @@ import pytest
 
 from edgeseg.benchmark.bench import parse_request
 from edgeseg.benchmark.grid import Grid, Settings, parse_size
-from edgeseg.benchmark.machine import peak_for
+from edgeseg.benchmark.machine import best_peaks, peak_for
 from edgeseg.benchmark.report import pareto_front
 from edgeseg.benchmark.timing import measure
 from edgeseg.cli import main
@@ -65,6 +65,8 @@ def test_peak_for_picks_the_roof_of_the_precision():
     peaks = {"cpu": {"fp32": 100.0, "int8": 400.0}, "cuda": {"fp32": 50e3, "fp16": 400e3, "int8": 800e3}}
     assert peak_for(peaks, "cpu", "fp16") == 100.0 and peak_for(peaks, "cpu", "int8") == 400.0
     assert peak_for(peaks, "cuda", "fp16") == 400e3 and peak_for({"cpu": {"fp32": 1.0}}, "cpu", "int8") is None
+    busy, idle = {"cpu": {"fp32": 60.0, "int8": 500.0}}, {"cpu": {"fp32": 180.0, "int8": 300.0}}
+    assert best_peaks(busy, idle) == {"cpu": {"fp32": 180.0, "int8": 500.0}}
 
 
 def test_worker_failure_is_the_rows_error(tmp_path):

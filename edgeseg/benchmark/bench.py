@@ -8,7 +8,7 @@ from pathlib import Path
 
 from edgeseg.benchmark import peers, report
 from edgeseg.benchmark.grid import Grid, Settings, parse_list, parse_size
-from edgeseg.benchmark.machine import machine_info, measure_peaks
+from edgeseg.benchmark.machine import best_peaks, machine_info, measure_peaks
 from edgeseg.benchmark.sources import reference_image, resolve
 from edgeseg.errors import EdgesegError
 
@@ -35,7 +35,7 @@ def parse_request(arch: str | None, model: str | None, backend: str, precision: 
 
 def benchmark(request: dict, settings: Settings, out: Path, *, command: str = "", progress: bool = True) -> dict:
     """Run the grid and write bench.md / .csv / .json / .png and machine.json into `out`. Returns the JSON document."""
-    start = time.perf_counter()
+    start, load_start = time.perf_counter(), os.getloadavg()[0]
     classes = None
     if settings.data is not None:
         from edgeseg.data import SegFolder
@@ -50,12 +50,17 @@ def benchmark(request: dict, settings: Settings, out: Path, *, command: str = ""
     grid = Grid(sources, request["backends"], request["precisions"], request["sizes"], request["batches"], settings, peaks,
                 reference_image(settings.data, settings.split))
     rows = grid.run(progress=progress)
+    grid.peaks = best_peaks(peaks, measure_peaks(settings.threads))  # once more, after the rows: keep the higher
+    grid.rate_rows()
+    peaks = grid.peaks
     eval_images = max((r.get("eval_images") or 0 for r in rows), default=0)
     doc = {"command": command, "date": datetime.datetime.now().astimezone().isoformat(timespec="seconds"),
            "elapsed_s": round(time.perf_counter() - start, 1), "machine": machine, "peaks_gflops": peaks,
            "settings": {"threads": settings.threads, "min_time_s": settings.min_time, "min_runs": settings.min_runs,
                         "warmup_runs": settings.warmup, "data": str(settings.data) if settings.data else None,
-                        "split": settings.split, "eval_limit": settings.eval_limit, "eval_images": eval_images or None}}
+                        "split": settings.split, "eval_limit": settings.eval_limit, "eval_images": eval_images or None},
+           # other work on the machine slows the rows down: the 1-minute load average before and after says how much
+           "load_average": {"start": load_start, "end": os.getloadavg()[0]}}
     files = report.write_all(out, rows, grid.skipped, doc, header(doc))
     return {**doc, "rows": rows, "skipped": grid.skipped, "files": {k: str(v) for k, v in files.items()}}
 
@@ -67,7 +72,8 @@ def header(doc: dict) -> str:
     lines = [f"# edgeseg bench: {m['cpu']['model']} ({m['cpu']['logical_cores']} cores), {gpu}", "",
              f"{doc['date']}; {s['threads']} threads; each row: {s['warmup_runs']} warm-up runs, then at least "
              f"{s['min_runs']} runs and {s['min_time_s']:g} s; latency = numpy in -> numpy out; peak CPU GFLOP/s "
-             f"(measured matrix product): {cpu_peak}; the whole run took {doc['elapsed_s'] / 60:.1f} min."]
+             f"(measured matrix product): {cpu_peak}; the whole run took {doc['elapsed_s'] / 60:.1f} min; load average "
+             f"{doc['load_average']['start']:.1f} before, {doc['load_average']['end']:.1f} after."]
     if s["data"]:
         lines.append(f"mIoU on {s['data']} [{s['split']}], {s['eval_images']} images at their own size"
                      + (f" (--eval-limit {s['eval_limit']})" if s["eval_limit"] else "")

@@ -176,13 +176,17 @@ class Grid:
                     "open_s": result.get("open_s")})
         if "compile_s" in result:
             notes.append(f"compile {result['compile_s']:.0f} s")
-        achieved = row["gflop"] * row["batch"] / (lat["median"] / 1e3)
-        peak = peak_for(self.peaks, result["device"], row["precision"])
-        row["gflops_per_s"] = achieved
-        row["peak_fraction"] = achieved / peak if peak else None
+        row["gflops_per_s"] = row["gflop"] * row["batch"] / (lat["median"] / 1e3)
         key = (row["model"], row["backend"], row["precision"])
         if "miou" in result:
             self._evals[key] = {"miou": result["miou"], "eval_images": result["eval_images"]}
         if key in self._evals:
             row.update(self._evals[key])
         row["note"] = "; ".join(notes)
+
+    def rate_rows(self) -> None:
+        """Each measured row's achieved GFLOP/s as a fraction of the machine's peak for its device and precision."""
+        for row in self.rows:
+            if row["status"] == "ok":
+                peak = peak_for(self.peaks, row["device"], row["precision"])
+                row["peak_fraction"] = row["gflops_per_s"] / peak if peak else None

@@ -103,7 +103,7 @@ def plot(path: Path, rows: list[dict], title: str) -> None:
     markers = {"fp32": "o", "fp16": "s", "int8": "^"}
     models = sorted({p["model"] for p in pts})
     colours = {m: plt.cm.tab10(i % 10) for i, m in enumerate(models)}
-    fig, (ax, strip) = plt.subplots(2, 1, figsize=(8, 6.5), sharex=True, gridspec_kw={"height_ratios": [4, 1]})
+    fig, (ax, strip) = plt.subplots(2, 1, figsize=(8, 7), sharex=True, gridspec_kw={"height_ratios": [3, 1.4]})
     for p in scored:
         ax.scatter(p["latency_median_ms"], 100 * p["miou"], marker=markers.get(p["precision"], "o"), s=60,
                    color=colours[p["model"]], zorder=3)
@@ -125,10 +125,11 @@ def plot(path: Path, rows: list[dict], title: str) -> None:
         title += f"\n{pts[0]['size']}, batch {pts[0]['batch']}: the fastest runtime of each model and precision"
     ax.set_title(title, fontsize=10)
     ax.grid(True, alpha=0.3)
-    for i, p in enumerate(unscored):
+    offsets = (8, -14, 20, -26)  # neighbours (sorted by latency) take turns above and below the line
+    for i, p in enumerate(sorted(unscored, key=lambda p: p["latency_median_ms"])):
         strip.scatter(p["latency_median_ms"], 0, marker=markers.get(p["precision"], "o"), s=50, color=colours[p["model"]])
         strip.annotate(f"{p['model']} {p['precision']}", (p["latency_median_ms"], 0), textcoords="offset points",
-                       xytext=(0, 8 if i % 2 == 0 else -14), fontsize=7, ha="center")
+                       xytext=(0, offsets[i % len(offsets)]), fontsize=7, ha="center")
     strip.set_yticks([])
     strip.set_ylabel("untrained /\nno mIoU", fontsize=8)
     strip.set_ylim(-1, 1)
