@@ -114,6 +114,9 @@ class OrtBackend(Backend):
         so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
         if threads:
             so.intra_op_num_threads = int(threads)
+        # Idle workers sleep instead of spinning: the pipeline's other stages (decode, render, encode) share these
+        # cores. Measured on 2 cores: pipeline FPS up, inference alone no slower (bench/bench_pipeline.py).
+        so.add_session_config_entry("session.intra_op.allow_spinning", "0")
         providers = _providers(name)
         self.session = _create_session(ort, path, so, providers)
         requested = providers[0][0] if isinstance(providers[0], tuple) else providers[0]

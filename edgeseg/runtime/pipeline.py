@@ -156,8 +156,9 @@ class Pipeline:
         self.end_reason = ""
         self.error: BaseException | None = None
         self.model_hw = self.frame_hw = None
-        caps = (1, 1, 1, 1) if self.live else (2, 1, 1, 2)
-        self.q_cap, self.q_pre, self.q_inf, self.q_post = (Channel(c) for c in caps)
+        # One frame between stages is enough to keep inference busy (every other stage is far faster); more would
+        # only add queueing latency.
+        self.q_cap, self.q_pre, self.q_inf, self.q_post = (Channel(1) for _ in range(4))
 
     # ---- control ----
     def request_stop(self, reason: str) -> None:
