@@ -18,7 +18,7 @@ VALIDATE_SIZE = (360, 480)
 
 
 def add_arguments(p) -> None:
-    p.add_argument("--source", help="a camera, stream, video or image folder (default: the shipped CamVid clip)")
+    p.add_argument("--source", help="a camera, stream, video or image folder; unset: the shipped CamVid clip")
     p.add_argument("--out", type=Path, default=Path("edgeseg-demo"), help="folder for the overlay videos and the summary")
     p.add_argument("--model", default="demo", help="a shipped model name or an edgeseg checkpoint (.pt)")
     p.add_argument("--precision", default="fp32,int8", help="comma list of fp32, int8")
@@ -26,7 +26,7 @@ def add_arguments(p) -> None:
     p.add_argument("--threads", type=int, help="ONNX Runtime intra-op threads")
     p.add_argument("--every-frame", action="store_true",
                    help="process every frame as fast as possible instead of replaying the clip at its frame rate")
-    p.add_argument("--max-frames", type=int, default=0, metavar="N", help="frames per precision (default: the whole clip; 300 live)")
+    p.add_argument("--max-frames", type=int, default=0, metavar="N", help="frames per precision; 0: the whole clip, or 300 from a live source")
     p.add_argument("--quiet", action="store_true", help="no live status line, no export progress")
 
 

@@ -13,7 +13,7 @@ HELP = "Run a model on a camera, stream, video or image folder, live (numpy + op
 SOURCE_HELP = ("camera index (0), v4l2:///dev/video0, csi://0 (Jetson), rtsp://..., a video file, an image folder, "
                "or a glob such as 'frames/*.png'")
 SINK_HELP = ("display://, null, a video file (out.mp4, out.avi), or a folder of frames (DIR/ for JPEGs, 'DIR/*.png'); "
-             "repeat for several; default: display:// when there is a display, else null")
+             "repeat for several; unset: display:// when there is a display, else null")
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -28,9 +28,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--json", type=Path, metavar="FILE", help="write the run summary (frames, fps, latency_ms, stages, dropped) here")
     p.add_argument("--backend", choices=BACKENDS, default="auto",
                    help="auto: TensorRT for .engine, else ONNX Runtime on CUDA when available, else CPU")
-    p.add_argument("--threads", type=int, help="ONNX Runtime intra-op threads (default: its own choice)")
+    p.add_argument("--threads", type=int, help="ONNX Runtime intra-op threads; unset: its own choice")
     p.add_argument("--size", metavar="HxW", help="model input size for models that take any size "
-                   "(default: the frame's, rounded to the model's size divisor)")
+                   "(unset: the frame's, rounded to the model's size divisor)")
     g = p.add_argument_group("input")
     g.add_argument("--input-width", type=int, metavar="W", help="deliver frames this wide (cameras are asked for it)")
     g.add_argument("--input-height", type=int, metavar="H", help="deliver frames this high (cameras are asked for it)")
@@ -49,8 +49,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     g.add_argument("--caption", action=argparse.BooleanOptionalAction, default=True, help="draw the FPS / latency caption")
     g.add_argument("--save-labels", type=Path, metavar="DIR", help="class-ID PNG per frame at full resolution")
     g.add_argument("--save-confidence", type=Path, metavar="DIR", help="confidence PNG per frame (255 = certain; logits models)")
-    g.add_argument("--codec", metavar="FOURCC", help="video codec (default: mp4v for .mp4/.mkv, MJPG for .avi)")
-    g.add_argument("--output-rate", type=float, metavar="FPS", help="frame rate written into videos (default: the source's)")
+    g.add_argument("--codec", metavar="FOURCC", help="video codec; unset: mp4v for .mp4/.mkv, MJPG for .avi")
+    g.add_argument("--output-rate", type=float, metavar="FPS", help="frame rate written into videos; unset: the source's")
     g.add_argument("--quiet", action="store_true", help="no live status line")
 
 
