@@ -20,6 +20,7 @@ import time
 from pathlib import Path
 
 import numpy as np
+import onnx
 import onnxruntime as ort
 import torch
 
@@ -59,30 +60,39 @@ def ort_session(path, threads: int, level=ort.GraphOptimizationLevel.ORT_ENABLE_
 
 
 def int8_variants(fp32: Path, calib_files, meta: dict, work: Path) -> dict[str, Path]:
-    """The quantization settings compared for ONNX Runtime on x86 (all on the same calibration ranges method)."""
+    """The quantization settings compared for ONNX Runtime on x86, each finished like the export's (shape reads
+    from the int8 tensor, FlowWarp op): same calibration images and method (percentile 99.99)."""
     from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
 
-    from edgeseg.export.int8 import CalibrationImages, chunk_size, float_matmuls
+    from edgeseg.export.flowwarp import fuse_flowwarp
+    from edgeseg.export.int8 import CalibrationImages, chunk_size, float_matmuls, shapes_from_quantized, size_dependent_nodes
 
     images = CalibrationImages(calib_files, meta)
-    keep = float_matmuls(load(fp32))
+    model = load(fp32)
     base = dict(quant_format=QuantFormat.QDQ, activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
-                per_channel=True, reduce_range=False, nodes_to_exclude=keep, op_types_to_quantize=None, extra_options={})
+                per_channel=True, reduce_range=False, nodes_to_exclude=float_matmuls(model) + size_dependent_nodes(model),
+                op_types_to_quantize=None)
+    calib = {"CalibStridedMinMax": chunk_size(len(images)), "CalibPercentile": 99.99, "CalibTensorRangeSymmetric": False}
     variants = {
-        "QDQ u8s8 per-channel, all ops (cpu form)": {},
-        "QDQ u8s8 per-tensor, all ops": {"per_channel": False},
+        "QDQ u8s8 per-channel, all ops but size-dependent (cpu form)": {},
+        "QDQ u8s8 per-tensor weights": {"per_channel": False},
         "QDQ u8s8 per-channel reduce_range": {"reduce_range": True},
-        "QDQ u8s8, Conv/MatMul only": {"op_types_to_quantize": ["Conv", "MatMul", "Gemm"]},
+        "QDQ u8s8, Conv/MatMul/Gemm only": {"op_types_to_quantize": ["Conv", "MatMul", "Gemm"]},
         "QOperator u8s8 per-channel": {"quant_format": QuantFormat.QOperator},
-        "QDQ s8s8 symmetric, all ops": {"activation_type": QuantType.QInt8, "extra_options": {"ActivationSymmetric": True}},
+        "QDQ s8s8 symmetric (TensorRT-valid), all ops": {"activation_type": QuantType.QInt8,
+                                                         "extra": {"ActivationSymmetric": True, "CalibTensorRangeSymmetric": True}},
     }
     out = {}
     for name, change in variants.items():
         args = {**base, **change}
+        extra = {**calib, **args.pop("extra", {})}
         path = work / f"variant{len(out)}.onnx"
         images.rewind()
-        quantize_static(str(fp32), str(path), images, calibrate_method=CalibrationMethod.Percentile,
-                        extra_options={"CalibStridedMinMax": chunk_size(len(images)), "CalibPercentile": 99.99, **args.pop("extra_options")}, **args)
+        quantize_static(str(fp32), str(path), images, calibrate_method=CalibrationMethod.Percentile, extra_options=extra, **args)
+        q = load(path)
+        shapes_from_quantized(q)
+        q, _ = fuse_flowwarp(q)
+        onnx.save(q, str(path))
         out[name] = path
     return out
 
@@ -90,47 +100,45 @@ def int8_variants(fp32: Path, calib_files, meta: dict, work: Path) -> dict[str, 
 def bench_model(model: str, args, work: Path) -> list[dict]:
     data = Path(args.data) if args.data else default_data_root()
     val = SegFolder(data, "val")
-    x_rgb = read_image(image_files(data, "val")[0])
-    reports = {}
-    for target in ("tensorrt", "cpu"):
-        reports[target] = export_model(model, work / f"{Path(model).stem}-{target}", ("fp32", "int8"), data=str(data),
-                                       int8_target=target, calib_images=args.calib_images, guard_images=args.images,
-                                       max_loss=args.max_loss)
+    reports = {target: export_model(model, work / f"{Path(model).stem}-{target}", ("fp32", "int8"), data=str(data),
+                                    int8_target=target, calib_images=args.calib_images, guard_images=args.images,
+                                    max_loss=args.max_loss, flowwarp_plugin=True)
+               for target in ("tensorrt", "cpu")}
     rep = reports["tensorrt"]
-    fp32 = Path(rep["outputs"]["fp32"]["path"])
-    meta = get_meta(load(fp32))
-    x = model_input([x_rgb], SIZE, meta)
+    path = {f"{t}/{k}": Path(f["path"]) for t, r in reports.items() for k, f in r["outputs"].items()}
+    meta = get_meta(load(path["tensorrt/fp32"]))
+    x = model_input([read_image(image_files(data, "val")[0])], SIZE, meta)
     torch.set_num_threads(args.threads)
     net, _ = checkpoint.load_model(model)
     rows = []
 
-    def row(backend, precision, form, fn, metrics, note=""):
+    def row(backend, precision, form, fn, note=""):
         t = timed(fn, x, args.warmup, args.runs)
+        m = miou(fn, val, meta, limit=args.images, progress=False)
         rows.append({"model": Path(model).stem, "backend": backend, "precision": precision, "form": form, **t,
-                     "miou": metrics["miou"] if metrics else None, "note": note})
-        print(f"  {backend} {precision} {form}: {t['median_ms']:.1f} ms", flush=True)
+                     "miou": m["miou"], "note": note})
+        print(f"  {backend} {precision} {form}: {t['median_ms']:.1f} ms, mIoU {100 * m['miou']:.2f}", flush=True)
 
-    torch_pred = TorchPredictor(net)
-    eager = miou(torch_pred, val, meta, limit=args.images)
-    row("PyTorch eager", "fp32", "-", torch_pred, eager)
-    row("ONNX Runtime", "fp32", "-", ort_session(fp32, args.threads), rep["metrics"]["fp32"])
+    row("PyTorch eager", "fp32", "-", TorchPredictor(net))
+    row("ONNX Runtime", "fp32", "GridSample", ort_session(path["tensorrt/fp32"], args.threads))
+    row("ONNX Runtime", "fp32", "FlowWarp op", ort_session(path["tensorrt/fp32-flowwarp"], args.threads))
     for target, r in reports.items():
         g = r["int8"].get("guard", {})
-        row("ONNX Runtime", "int8", f"Q/DQ {target}", ort_session(Path(r["outputs"]["int8"]["path"]), args.threads),
-            r["metrics"]["int8"], note=f"{len(g.get('float_nodes', []))} layers kept float by the guard")
+        note = f"guard: {len(g.get('float_nodes', []))} layers left float"
+        row("ONNX Runtime", "int8", f"Q/DQ {target} form, GridSample", ort_session(path[f"{target}/int8"], args.threads), note)
+        row("ONNX Runtime", "int8", f"Q/DQ {target} form, FlowWarp op",
+            ort_session(path[f"{target}/int8-flowwarp"], args.threads), note)
     if args.int8_variants:
-        calib = r["int8"]["calibration"]
         from edgeseg.export.validate import pick
 
+        calib = rep["int8"]["calibration"]
         files = pick(image_files(calib["folder"], "train"), calib["images"])
-        for name, path in int8_variants(fp32, files, meta, work).items():
-            fn = ort_session(path, args.threads)
-            row("ONNX Runtime", "int8", name, fn, miou(lambda b, f=fn: f(b), val, meta, limit=args.images))
-        cpu = Path(reports["cpu"]["outputs"]["int8"]["path"])
-        row("ONNX Runtime", "int8", "cpu form, graph optimisation EXTENDED",
-            ort_session(cpu, args.threads, ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED), reports["cpu"]["metrics"]["int8"])
-        row("ONNX Runtime", "int8", "cpu form, graph optimisation BASIC",
-            ort_session(cpu, args.threads, ort.GraphOptimizationLevel.ORT_ENABLE_BASIC), reports["cpu"]["metrics"]["int8"])
+        for name, variant in int8_variants(path["tensorrt/fp32"], files, meta, work).items():
+            row("ONNX Runtime", "int8", f"{name}, FlowWarp op", ort_session(variant, args.threads))
+        cpu = path["cpu/int8-flowwarp"]
+        for level in ("EXTENDED", "BASIC"):
+            row("ONNX Runtime", "int8", f"cpu form, FlowWarp op, graph optimisation {level}",
+                ort_session(cpu, args.threads, getattr(ort.GraphOptimizationLevel, f"ORT_ENABLE_{level}")))
     return rows
 
 

@@ -20,6 +20,8 @@ GRID_OPS = {"Shape", "Gather", "Slice", "Split", "Squeeze", "Unsqueeze", "Reshap
             "Identity", "Cast", "Range", "Add", "Sub", "Mul", "Div", "Neg", "Reciprocal", "Clip", "Max", "Min",
             "ConstantOfShape", "Constant"}
 MATCH_TOL = 1e-5
+VALUE_KEEPING = {"Cast", "Identity"}  # the grid may read the flow through these
+SHAPE_KEEPING = VALUE_KEEPING | {"QuantizeLinear", "DequantizeLinear"}  # and its size through these
 
 
 class FlowWarpMatchError(EdgesegError):
@@ -42,7 +44,7 @@ def fuse_flowwarp(model: onnx.ModelProto) -> tuple[onnx.ModelProto, dict]:
     for gs, cone in grid_cones(graph):
         align = _check_sampler(gs)
         flow, start = _match(gs, cone, prod)
-        _prove_grid(model, gs, start, align)
+        _prove_grid(model, gs, start, sorted(cone.sources - {start}), align)
         _check_dtypes(model, gs, flow)
         node = helper.make_node(OP_TYPE, [gs.input[0], flow], [gs.output[0]], name=f"{gs.name or 'GridSample'}/FlowWarp",
                                 domain=DOMAIN, align_corners=align)
@@ -147,9 +149,9 @@ def _match(gs: onnx.NodeProto, cone: GridCone, prod: dict) -> tuple[str, str]:
                                  f"channel by channel, found {len(cone.flows)} ({', '.join(sorted(cone.flows)) or 'none'}); {hint}")
     flow = min(cone.flows)
     for s in cone.sources:
-        if not _same_through_casts(s, flow, prod):
+        if _root(s, prod, SHAPE_KEEPING) != _root(flow, prod, SHAPE_KEEPING):
             raise FlowWarpMatchError(f"GridSample {gs.name!r}: the grid reads the size of {s!r}, not of its flow {flow!r}; {hint}")
-    return flow, _root(flow, prod)
+    return flow, _root(flow, prod, VALUE_KEEPING)
 
 
 def _cast_key(t: str, prod: dict) -> tuple:
@@ -160,16 +162,11 @@ def _cast_key(t: str, prod: dict) -> tuple:
     return t, None
 
 
-def _root(t: str, prod: dict) -> str:
-    """The tensor that t is a cast (or identity) of, through any number of such nodes."""
-    while t in prod and prod[t].op_type in ("Cast", "Identity"):
+def _root(t: str, prod: dict, through: set[str]) -> str:
+    """The tensor that t is computed from through any number of `through` nodes."""
+    while t in prod and prod[t].op_type in through:
         t = prod[t].input[0]
     return t
-
-
-def _same_through_casts(a: str, b: str, prod: dict) -> bool:
-    """Whether a and b are one tensor up to Cast / Identity nodes (same shape by construction)."""
-    return _root(a, prod) == _root(b, prod)
 
 
 def base_grid(h: int, w: int, align_corners: bool) -> tuple[np.ndarray, np.ndarray]:
@@ -182,22 +179,26 @@ def base_grid(h: int, w: int, align_corners: bool) -> tuple[np.ndarray, np.ndarr
     return coords(w), coords(h)
 
 
-def _prove_grid(model: onnx.ModelProto, gs: onnx.NodeProto, start: str, align: int) -> None:
-    """Run the grid subgraph (from the flow) with ONNX Runtime on random flows: it must equal bx + fx / W, by + fy / H."""
+def _prove_grid(model: onnx.ModelProto, gs: onnx.NodeProto, start: str, sources: list[str], align: int) -> None:
+    """Run the grid subgraph with ONNX Runtime on random flows: it must equal bx + fx / W, by + fy / H.
+
+    The subgraph starts at the flow and at the tensors whose sizes it reads (fed with the flow's shape).
+    """
     import onnxruntime as ort
 
     types = {v.name: v.type.tensor_type.elem_type for v in list(model.graph.value_info) + list(model.graph.input)}
     try:
-        sub = onnx.utils.Extractor(model).extract_model([start], [gs.input[1]])
+        sub = onnx.utils.Extractor(model).extract_model([start, *sources], [gs.input[1]])
         sess = ort.InferenceSession(sub.SerializeToString(), providers=["CPUExecutionProvider"])
     except Exception as e:
         raise FlowWarpMatchError(f"GridSample {gs.name!r}: its grid subgraph cannot be evaluated on its own "
                                  f"({type(e).__name__}: {str(e).splitlines()[0][:120]}); export without --flowwarp-plugin")
-    dtype = helper.tensor_dtype_to_np_dtype(types.get(start, onnx.TensorProto.FLOAT))
+    dtype = {t: helper.tensor_dtype_to_np_dtype(types.get(t, onnx.TensorProto.FLOAT)) for t in [start, *sources]}
     rng = np.random.default_rng(0)
     for n, h, w in ((1, 5, 7), (2, 9, 4), (1, 1, 6)):
         f = rng.normal(0, 3, (n, 2, h, w)).astype(np.float16).astype(np.float32)  # exact in fp16 and fp32
-        grid = sess.run(None, {start: f.astype(dtype)})[0].astype(np.float32)
+        feed = {start: f.astype(dtype[start]), **{s: np.zeros(f.shape, dtype[s]) for s in sources}}
+        grid = sess.run(None, feed)[0].astype(np.float32)
         bx, by = base_grid(h, w, bool(align))
         want = np.stack([bx[None, None, :] + f[:, 0] / np.float32(w), by[None, :, None] + f[:, 1] / np.float32(h)], -1)
         if grid.shape != want.shape or not np.allclose(grid, want, atol=MATCH_TOL, rtol=MATCH_TOL):

@@ -144,7 +144,8 @@ def quantize(fp32: Path, out: Path, images: CalibrationImages, cfg: QuantConfig,
     except EdgesegError:
         raise
     except Exception as e:  # onnxruntime.quantization raises ValueError / RuntimeError / ORT errors
-        raise EdgesegError(f"INT8 quantization of {fp32} failed ({type(e).__name__}: {str(e).strip().splitlines()[0][:200]})") from None
+        why = str(e).strip().splitlines()[0][:200] if str(e).strip() else ""
+        raise EdgesegError(f"INT8 quantization of {fp32} failed ({type(e).__name__}: {why})") from None
     finally:
         logging.disable(logging.NOTSET)
     q = onnx.load(str(out))

@@ -63,7 +63,8 @@ def to_markdown(rep: dict) -> str:
         lines.append("")
     fw = rep.get("flowwarp")
     if fw:
-        lines += ["## FlowWarp plugin graphs", "", "| precision | GridSamples replaced | nodes before → after |", "|---|---:|---|"]
+        lines += ["## FlowWarp plugin graphs", "", "| precision | GridSamples replaced | nodes before → after |",
+                  "|---|---:|---|"]
         for p, v in fw.items():
             lines.append(f"| {p} | {v['replaced']} | {v['nodes_before']} → {v['nodes_after']} |")
         lines.append("")

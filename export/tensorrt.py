@@ -135,8 +135,8 @@ def engine_cache_dir() -> Path:
 
 def cache_key(onnx_sha256: str, trt_version: str, device: dict, precision: str, profile: dict, dla_core: int | None = None) -> str:
     """Engines are valid for one model, TensorRT version, GPU model, precision and shape profile."""
-    blob = json.dumps({"onnx": onnx_sha256, "tensorrt": trt_version, "device": [device.get("name"), device.get("compute_capability")],
-                       "precision": precision, "profile": profile, "dla": dla_core}, sort_keys=True)
+    blob = json.dumps({"onnx": onnx_sha256, "tensorrt": trt_version, "precision": precision, "profile": profile,
+                       "device": [device.get("name"), device.get("compute_capability")], "dla": dla_core}, sort_keys=True)
     return hashlib.sha256(blob.encode()).hexdigest()
 
 

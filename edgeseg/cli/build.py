@@ -30,15 +30,17 @@ def _batch(text: str):
 
 def add_arguments(p) -> None:
     p.add_argument("onnx", metavar="MODEL.onnx", help="a model written by `edgeseg export`")
-    p.add_argument("--out", default=None, metavar="ENGINE", help="engine file (default: the engine cache, ~/.cache/edgeseg/engines)")
+    p.add_argument("--out", default=None, metavar="ENGINE",
+                   help="engine file; when omitted, in the engine cache (~/.cache/edgeseg/engines)")
     p.add_argument("--precision", choices=["fp32", "fp16", "int8"], default=None,
-                   help="default: the ONNX's own; TensorRT >= 10 takes it from the graph, 8.x sets builder flags")
-    p.add_argument("--opt", type=_hxw, default=None, metavar="HxW", help="size the engine is tuned for (default 360x480)")
-    p.add_argument("--min", type=_hxw, default=None, metavar="HxW", help="smallest input size (default: half of --opt)")
-    p.add_argument("--max", type=_hxw, default=None, metavar="HxW", help="largest input size (default: twice --opt)")
+                   help="when omitted, the ONNX's own; TensorRT >= 10 takes it from the graph, 8.x sets builder flags")
+    p.add_argument("--opt", type=_hxw, default=None, metavar="HxW", help="size the engine is tuned for; when omitted, 360x480")
+    p.add_argument("--min", type=_hxw, default=None, metavar="HxW", help="smallest input size; when omitted, half of --opt")
+    p.add_argument("--max", type=_hxw, default=None, metavar="HxW", help="largest input size; when omitted, twice --opt")
     p.add_argument("--batch", type=_batch, default=(1, 1, 1), metavar="N|MIN,OPT,MAX", help="batch sizes of the profile")
     p.add_argument("--workspace", type=int, default=None, metavar="MB", help="builder workspace limit")
-    p.add_argument("--dla", type=int, default=None, metavar="N", help="build for DLA core N (Jetson Xavier / Orin), GPU fallback on")
+    p.add_argument("--dla", type=int, default=None, metavar="N",
+                   help="build for DLA core N (Jetson Xavier / Orin), GPU fallback on")
     p.add_argument("--timing-cache", default=None, metavar="FILE", help="read and update this timing cache (faster rebuilds)")
     p.add_argument("--calib", default=None, metavar="DIR", help="TensorRT 8.x INT8 from an fp32 ONNX: calibration images")
     p.add_argument("--calib-images", type=int, default=32)

@@ -20,7 +20,7 @@ def _sizes(text: str) -> tuple[tuple[int, int], ...]:
 def add_arguments(p) -> None:
     p.add_argument("--model", required=True, help="checkpoint (.pt) or shipped model name (e.g. demo)")
     p.add_argument("--out", required=True, help="output folder: <name>.<precision>.onnx, report.json, report.md")
-    p.add_argument("--name", default=None, help="file name stem (default: the checkpoint's name)")
+    p.add_argument("--name", default=None, help="file name stem; when omitted, the checkpoint's name")
     p.add_argument("--precision", default="fp32", help="comma list of fp32, fp16, int8 (fp32 is always made)")
     p.add_argument("--opset", type=int, default=17, help="ONNX opset, 16..20 (TensorRT 10.13 computes GridSample wrongly from 20)")
     p.add_argument("--head", choices=["logits", "argmax"], default="logits", help="output logits [N,C,H,W] or labels [N,H,W]")
@@ -28,8 +28,8 @@ def add_arguments(p) -> None:
     p.add_argument("--flowwarp-plugin", action="store_true",
                    help="also write <name>-flowwarp.<precision>.onnx with each flow warp as one edgeseg::FlowWarp node")
     p.add_argument("--data", default=None, help="CamVid-format data root for validation images, the guard split and "
-                                                "default calibration images (default: ../shared/data/camvid)")
-    p.add_argument("--calib", default=None, help="calibration image folder (default: <data>/images/train)")
+                                                "calibration images; when omitted, ../shared/data/camvid")
+    p.add_argument("--calib", default=None, help="calibration image folder; when omitted, <data>/images/train")
     p.add_argument("--calib-method", choices=["entropy", "percentile", "minmax"], default="percentile")
     p.add_argument("--calib-percentile", type=float, default=99.99, help="with --calib-method percentile")
     p.add_argument("--calib-images", type=int, default=32, help="number of calibration images (spread over the folder)")
