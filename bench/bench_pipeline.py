@@ -8,7 +8,7 @@ On the demo clip (101 CamVid frames, 480x360) with an ONNX model: by default the
   pipeline, every frame   the same stages in threads (`edgeseg run` on a file): throughput
   pipeline, live          the clip replayed at its 15 FPS with the latest-frame policy (`edgeseg run` on a camera)
 
-Each row is the median of --repeat runs (by FPS) after a warm-up. Goal: pipeline FPS >= 0.9x inference only.
+Each row is the median of --repeat runs (by FPS), the modes interleaved, after a warm-up. Goal: pipeline FPS >= 0.9x inference only.
 
     python bench/bench_pipeline.py [--model M.onnx] [--source CLIP] [--threads N] [--repeat 3]
 """
@@ -121,9 +121,13 @@ def _row(n: int, wall: float, times: list[float], dropped: int) -> dict:
     return {"frames": n, "fps": n / wall, "p50": float(np.percentile(ms, 50)), "p99": float(np.percentile(ms, 99)), "dropped": dropped}
 
 
-def median_run(fn, repeat: int) -> dict:
-    runs = sorted((fn() for _ in range(repeat)), key=lambda r: r["fps"])
-    return runs[len(runs) // 2]
+def median_runs(modes: dict, repeat: int) -> dict:
+    """Each mode `repeat` times, interleaved (a drifting machine load hits every mode alike); the median run by FPS."""
+    runs = {name: [] for name in modes}
+    for _ in range(repeat):
+        for name, fn in modes.items():
+            runs[name].append(fn())
+    return {name: sorted(r, key=lambda x: x["fps"])[len(r) // 2] for name, r in runs.items()}
 
 
 def main() -> int:
@@ -140,16 +144,17 @@ def main() -> int:
         src = open_source(args.source)
         frames = [f.copy() for f, _ in iter(src.read, None)]
         size = model_size(frames[0].shape[:2], backend.meta, backend.preferred_hw)
-        rows = {"inference only": median_run(lambda: inference_only(backend, frames, size), args.repeat),
-                "sequential loop": median_run(lambda: sequential(backend, args.source, size, tmp / "seq.mp4"), args.repeat),
-                "pipeline, every frame": median_run(lambda: pipeline(backend, args.source, size, tmp / "all.mp4", False), args.repeat),
-                "pipeline, live (15 FPS replay)": median_run(lambda: pipeline(backend, args.source, size, tmp / "live.mp4", True), args.repeat)}
+        rows = median_runs({"inference only": lambda: inference_only(backend, frames, size),
+                            "sequential loop": lambda: sequential(backend, args.source, size, tmp / "seq.mp4"),
+                            "pipeline, every frame": lambda: pipeline(backend, args.source, size, tmp / "all.mp4", False),
+                            "pipeline, live (15 FPS replay)": lambda: pipeline(backend, args.source, size, tmp / "live.mp4", True)},
+                           args.repeat)
         backend.close()
     base = rows["inference only"]["fps"]
     print(f"Model: {what}; input {size[0]}x{size[1]}; source {args.source} ({len(frames)} frames, "
           f"{frames[0].shape[1]}x{frames[0].shape[0]}); ONNX Runtime {ort.__version__} CPU, "
           f"threads {args.threads or 'default'}; OpenCV {cv2.__version__}; {_cpu()}, {_cores()} cores; Python {platform.python_version()}; "
-          f"median of {args.repeat} runs.\n")
+          f"median of {args.repeat} interleaved runs.\n")
     print("| mode | frames | FPS | x inference only | latency p50 ms | latency p99 ms | dropped |")
     print("|---|---:|---:|---:|---:|---:|---:|")
     for name, r in rows.items():
