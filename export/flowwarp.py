@@ -20,6 +20,7 @@ GRID_OPS = {"Shape", "Gather", "Slice", "Split", "Squeeze", "Unsqueeze", "Reshap
             "Identity", "Cast", "Range", "Add", "Sub", "Mul", "Div", "Neg", "Reciprocal", "Clip", "Max", "Min",
             "ConstantOfShape", "Constant"}
 MATCH_TOL = 1e-5
+F32 = onnx.TensorProto.FLOAT
 VALUE_KEEPING = {"Cast", "Identity"}  # the grid may read the flow through these
 SHAPE_KEEPING = VALUE_KEEPING | {"QuantizeLinear", "DequantizeLinear"}  # and its size through these
 
@@ -44,7 +45,7 @@ def fuse_flowwarp(model: onnx.ModelProto) -> tuple[onnx.ModelProto, dict]:
     for gs, cone in grid_cones(graph):
         align = _check_sampler(gs)
         flow, start = _match(gs, cone, prod)
-        _prove_grid(model, gs, start, sorted(cone.sources - {start}), align)
+        _prove_grid(_grid_subgraph(model, gs, cone, start, prod), gs, align)
         _check_dtypes(model, gs, flow)
         node = helper.make_node(OP_TYPE, [gs.input[0], flow], [gs.output[0]], name=f"{gs.name or 'GridSample'}/FlowWarp",
                                 domain=DOMAIN, align_corners=align)
@@ -179,26 +180,52 @@ def base_grid(h: int, w: int, align_corners: bool) -> tuple[np.ndarray, np.ndarr
     return coords(w), coords(h)
 
 
-def _prove_grid(model: onnx.ModelProto, gs: onnx.NodeProto, start: str, sources: list[str], align: int) -> None:
-    """Run the grid subgraph with ONNX Runtime on random flows: it must equal bx + fx / W, by + fy / H.
+def _grid_subgraph(model: onnx.ModelProto, gs: onnx.NodeProto, cone: GridCone, start: str, prod: dict) -> onnx.ModelProto:
+    """The grid's computation alone, as a model from `start` (the flow, before any casts) to the grid; every size
+    it reads is read from `start`, which has the same shape."""
+    chain = []  # the casts from start to the flow (an fp16 graph casts it once per channel)
+    for t in cone.flows:
+        while t != start:
+            chain.append(prod[t])
+            t = prod[t].input[0]
+    members = {n.output[0] for n in [*cone.nodes, *chain]}
+    nodes = []
+    for n in model.graph.node:  # graph order is topological order
+        if n.output[0] in members:
+            copy = onnx.NodeProto()
+            copy.CopyFrom(n)
+            if copy.op_type == "Shape":
+                copy.input[0] = start
+            nodes.append(copy)
+    made = {o for n in nodes for o in n.output} | {start}
+    needed = {i for n in nodes for i in n.input if i and i not in made}
+    inits = [t for t in model.graph.initializer if t.name in needed]
+    consts = [n for n in model.graph.node if n.op_type == "Constant" and n.output[0] in needed]
+    missing = needed - {t.name for t in inits} - {n.output[0] for n in consts}
+    if missing:
+        raise FlowWarpMatchError(f"GridSample {gs.name!r}: its grid reads {sorted(missing)[0]!r}, which is neither the flow "
+                                 f"nor a constant; export without --flowwarp-plugin")
+    types = {v.name: v.type.tensor_type.elem_type for v in list(model.graph.value_info) + list(model.graph.input)}
+    graph = helper.make_graph(consts + nodes, "grid", [helper.make_tensor_value_info(start, types.get(start, F32), None)],
+                              [helper.make_tensor_value_info(gs.input[1], types.get(gs.input[1], F32), None)], inits)
+    return helper.make_model(graph, opset_imports=list(model.opset_import), ir_version=model.ir_version)
 
-    The subgraph starts at the flow and at the tensors whose sizes it reads (fed with the flow's shape).
-    """
+
+def _prove_grid(grid_model: onnx.ModelProto, gs: onnx.NodeProto, align: int) -> None:
+    """Run the grid subgraph with ONNX Runtime on random flows: it must equal bx + fx / W, by + fy / H."""
     import onnxruntime as ort
 
-    types = {v.name: v.type.tensor_type.elem_type for v in list(model.graph.value_info) + list(model.graph.input)}
+    start = grid_model.graph.input[0]
     try:
-        sub = onnx.utils.Extractor(model).extract_model([start, *sources], [gs.input[1]])
-        sess = ort.InferenceSession(sub.SerializeToString(), providers=["CPUExecutionProvider"])
+        sess = ort.InferenceSession(grid_model.SerializeToString(), providers=["CPUExecutionProvider"])
     except Exception as e:
         raise FlowWarpMatchError(f"GridSample {gs.name!r}: its grid subgraph cannot be evaluated on its own "
                                  f"({type(e).__name__}: {str(e).splitlines()[0][:120]}); export without --flowwarp-plugin")
-    dtype = {t: helper.tensor_dtype_to_np_dtype(types.get(t, onnx.TensorProto.FLOAT)) for t in [start, *sources]}
+    dtype = helper.tensor_dtype_to_np_dtype(start.type.tensor_type.elem_type)
     rng = np.random.default_rng(0)
     for n, h, w in ((1, 5, 7), (2, 9, 4), (1, 1, 6)):
         f = rng.normal(0, 3, (n, 2, h, w)).astype(np.float16).astype(np.float32)  # exact in fp16 and fp32
-        feed = {start: f.astype(dtype[start]), **{s: np.zeros(f.shape, dtype[s]) for s in sources}}
-        grid = sess.run(None, feed)[0].astype(np.float32)
+        grid = sess.run(None, {start.name: f.astype(dtype)})[0].astype(np.float32)
         bx, by = base_grid(h, w, bool(align))
         want = np.stack([bx[None, None, :] + f[:, 0] / np.float32(w), by[None, :, None] + f[:, 1] / np.float32(h)], -1)
         if grid.shape != want.shape or not np.allclose(grid, want, atol=MATCH_TOL, rtol=MATCH_TOL):
