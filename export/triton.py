@@ -23,7 +23,8 @@ def tensor_specs(meta: dict, num_classes: int) -> tuple[dict, dict]:
     return inp, out
 
 
-def config_pbtxt(name: str, platform: str, meta: dict, *, max_batch_size: int = 8, op_library: str | None = None) -> str:
+def config_pbtxt(name: str, platform: str, meta: dict, *, max_batch_size: int = 8, op_library: str | None = None,
+                 plugin: str | None = None) -> str:
     inp, out = tensor_specs(meta, len(meta["classes"]))
 
     def block(kind, t):
@@ -33,6 +34,8 @@ def config_pbtxt(name: str, platform: str, meta: dict, *, max_batch_size: int = 
             + block("input", inp) + block("output", out))
     if op_library:  # the ONNX Runtime backend loads custom-op libraries named here
         text += f"model_operations {{ op_library_filename: \"{op_library}\" }}\n"
+    if plugin:  # TensorRT plugins are loaded by the server, not per model
+        text += f"# needs the FlowWarp plugin: tritonserver --backend-config=tensorrt,plugins=\"{plugin}\" ...\n"
     return text
 
 
@@ -42,7 +45,7 @@ def model_name(stem: str) -> str:
 
 
 def add_model(repo: str | Path, name: str, model_file: str | Path, meta: dict, *, engine: bool = False,
-              max_batch_size: int = 8, op_library: str | None = None) -> Path:
+              max_batch_size: int = 8, op_library: str | None = None, plugin: str | None = None) -> Path:
     """Write repo/name/config.pbtxt and repo/name/1/model.{onnx,plan} (copied atomically); returns the folder."""
     src = Path(model_file)
     if not src.is_file():
@@ -52,5 +55,5 @@ def add_model(repo: str | Path, name: str, model_file: str | Path, meta: dict, *
     with atomic_path(folder / "1" / ("model.plan" if engine else "model.onnx")) as tmp:
         shutil.copyfile(src, tmp)
     write_text(folder / "config.pbtxt", config_pbtxt(model_name(name), platform, meta, max_batch_size=max_batch_size,
-                                                     op_library=op_library))
+                                                     op_library=op_library, plugin=plugin))
     return folder

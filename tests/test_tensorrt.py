@@ -199,3 +199,17 @@ def test_sidecar_is_what_the_runtime_reads(tmp_path):
     assert info["profiles"] == [prof] and info["source"]["sha256"] == "c" * 64
     write_json(tmp_path / "m.engine.json", info)
     assert engine_meta(tmp_path / "m.engine") == dict(META, precision="fp16")
+
+
+def test_triton_config_for_an_engine(tmp_path):
+    from edgeseg.export.triton import add_model
+
+    engine = tmp_path / "m.engine"
+    engine.write_bytes(b"plan bytes")
+    folder = add_model(tmp_path / "repo", "demo.fp16_trt", engine, dict(META, precision="fp16"), engine=True,
+                       plugin="/opt/lib/libedgeseg_trt_plugin.so")
+    assert folder.name == "demo_fp16_trt" and (folder / "1" / "model.plan").read_bytes() == b"plan bytes"
+    config = (folder / "config.pbtxt").read_text()
+    assert 'name: "demo_fp16_trt"' in config and 'platform: "tensorrt_plan"' in config
+    assert "dims: [ 3, -1, -1 ]" in config and f"dims: [ {CAMVID.num_classes}, -1, -1 ]" in config
+    assert "plugins=\"/opt/lib/libedgeseg_trt_plugin.so\"" in config and "max_batch_size: 8" in config

@@ -60,10 +60,13 @@ def run(args) -> int:
     info = build_engine(req)
     if args.triton_repo:
         from edgeseg.export.tensorrt import cached_engine
+        from edgeseg.kernels import LIBRARIES, find_library, uses_flowwarp
         from edgeseg.meta import META_KEY
         from edgeseg.export.triton import add_model
 
         engine = req.out or cached_engine(req.onnx.stem, info["cache_key"])
-        folder = add_model(args.triton_repo, f"{req.onnx.stem.replace('.', '_')}_trt", engine, info[META_KEY], engine=True)
+        plugin = str(find_library("trt") or LIBRARIES["trt"]) if uses_flowwarp(req.onnx) else None
+        folder = add_model(args.triton_repo, f"{req.onnx.stem.replace('.', '_')}_trt", engine, info[META_KEY], engine=True,
+                           plugin=plugin)
         print(f"triton: {folder}")
     return 0
