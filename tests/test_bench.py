@@ -13,7 +13,7 @@ from edgeseg.benchmark.bench import parse_request
 from edgeseg.benchmark.grid import Grid, Settings, parse_size
 from edgeseg.benchmark.machine import best_peaks, peak_for
 from edgeseg.benchmark.report import pareto_front
-from edgeseg.benchmark.timing import measure
+from edgeseg.benchmark.timing import cpu_seconds, measure, others_share
 from edgeseg.cli import main
 from edgeseg.errors import EdgesegError
 
@@ -59,6 +59,17 @@ def test_measure_honours_min_runs_and_min_time():
     stats = measure(lambda: calls.append(time.sleep(0.001)), min_time=0.05, min_runs=5, warmup=3)
     assert stats["runs"] >= 5 and stats["measured_s"] >= 0.05 and len(calls) == stats["runs"] + 3
     assert 0 < stats["min"] <= stats["median"] <= stats["p90"] <= stats["p99"]
+
+
+def test_others_share_of_the_cpu():
+    import os
+
+    cores = os.cpu_count()
+    before, after = {"own": 1.0, "machine": 100.0}, {"own": 3.0, "machine": 102.0 + cores}  # others: cores s in 2 s
+    assert others_share(before, after, 2.0) == pytest.approx(0.5)
+    assert others_share(before, {"own": 3.0, "machine": 101.0}, 2.0) == 0.0 and others_share({"own": 0}, after, 2.0) is None
+    now = cpu_seconds()
+    assert now["own"] > 0 and now.get("machine", 1) > 0
 
 
 def test_peak_for_picks_the_roof_of_the_precision():
@@ -112,6 +123,7 @@ def test_bench_end_to_end(tiny_camvid, tmp_path, capsys):
             assert r[k] > 0, (k, r)
         assert r["latency_median_ms"] <= r["latency_p90_ms"] <= r["latency_p99_ms"] and r["runs"] >= 3
         assert r["agreement"] > 0.99  # every runtime computes what PyTorch fp32 computes
+        assert 0 <= r["others_cpu"] <= 1
         if r["model"] == "mine":
             assert 0 <= r["miou"] <= 1 and r["eval_images"] == 2
         else:

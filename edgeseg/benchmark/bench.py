@@ -78,6 +78,7 @@ def header(doc: dict) -> str:
         lines.append(f"mIoU on {s['data']} [{s['split']}], {s['eval_images']} images at their own size"
                      + (f" (--eval-limit {s['eval_limit']})" if s["eval_limit"] else "")
                      + "; models with random weights are marked untrained.")
-    lines.append("FLOPs = 2 x MACs of Conv/ConvTranspose/MatMul/Gemm from the ONNX graph; Agree % = argmax agreement "
-                 "with PyTorch fp32 on one image.")
+    lines.append("FLOPs = 2 x MACs of Conv/ConvTranspose/MatMul/Gemm from the ONNX graph; % peak = achieved GFLOP/s over the "
+                 "peak of its precision (above 100: the runtime's convolutions outrun the matrix product that measured the "
+                 "peak); Agree % = argmax agreement with PyTorch fp32 on one image.")
     return "\n".join(lines)

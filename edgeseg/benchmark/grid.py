@@ -12,6 +12,7 @@ import os
 import subprocess
 import sys
 import tempfile
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -22,8 +23,12 @@ from edgeseg.benchmark.exports import engine_file, onnx_file
 from edgeseg.benchmark.flops import count_flops, count_params
 from edgeseg.benchmark.machine import peak_for
 from edgeseg.benchmark.sources import Source, fit, reference
+from edgeseg.benchmark.timing import cpu_seconds, others_share
 from edgeseg.errors import EdgesegError
 from edgeseg.fileio import write_json
+
+
+BUSY = 0.1  # other processes' share of the CPU above which a row is marked as measured on a busy machine
 
 
 @dataclass
@@ -151,6 +156,7 @@ class Grid:
         env = dict(os.environ)
         if self.s.threads:
             env["OMP_NUM_THREADS"] = str(self.s.threads)
+        before, start = cpu_seconds(), time.perf_counter()
         try:
             proc = subprocess.run([sys.executable, "-m", "edgeseg.benchmark.worker", str(spec_path), str(result_path)],
                                   env=env, capture_output=True, text=True, timeout=self.s.row_timeout)
@@ -159,7 +165,9 @@ class Grid:
         if not result_path.exists():
             last = [ln for ln in proc.stderr.strip().splitlines() if ln.strip()]
             return {"status": "error", "error": f"worker exited with code {proc.returncode}" + (f": {last[-1][:200]}" if last else "")}
-        return json.loads(result_path.read_text())
+        result = json.loads(result_path.read_text())
+        result["others_cpu"] = others_share(before, cpu_seconds(), time.perf_counter() - start)
+        return result
 
     def finish(self, row: dict, result: dict, notes: list[str]) -> None:
         row["status"] = result.get("status", "error")
@@ -176,6 +184,9 @@ class Grid:
                     "open_s": result.get("open_s")})
         if "compile_s" in result:
             notes.append(f"compile {result['compile_s']:.0f} s")
+        row["others_cpu"] = result.get("others_cpu")
+        if (row["others_cpu"] or 0) > BUSY:
+            notes.append(f"machine busy: other processes took {row['others_cpu']:.0%} of the CPU")
         row["gflops_per_s"] = row["gflop"] * row["batch"] / (lat["median"] / 1e3)
         key = (row["model"], row["backend"], row["precision"])
         if "miou" in result:

@@ -10,7 +10,7 @@ from edgeseg.fileio import atomic_path, write_json, write_text
 
 CSV_FIELDS = ["model", "arch", "weights", "backend", "runtime", "device", "precision", "size", "run_size", "batch", "status",
               "latency_median_ms", "latency_p90_ms", "latency_p99_ms", "runs", "fps", "rss_peak_mb", "device_mem_mb",
-              "params_m", "gflop", "gflops_per_s", "peak_fraction", "agreement", "miou", "eval_images", "note", "error"]
+              "params_m", "gflop", "gflops_per_s", "peak_fraction", "agreement", "miou", "eval_images", "others_cpu", "note", "error"]
 
 
 def pareto_front(points: Sequence[tuple[float, float]]) -> list[int]:

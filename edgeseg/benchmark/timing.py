@@ -39,3 +39,29 @@ def rss_mb() -> dict:
         if key in ("VmRSS", "VmHWM"):
             out["rss" if key == "VmRSS" else "peak"] = int(value.split()[0]) / 1024.0
     return out
+
+
+def cpu_seconds() -> dict:
+    """Busy CPU seconds of the whole machine (Linux /proc/stat) and of this process with its finished children."""
+    import os
+    import resource
+
+    own = sum(getattr(resource.getrusage(who), f) for who in (resource.RUSAGE_SELF, resource.RUSAGE_CHILDREN)
+              for f in ("ru_utime", "ru_stime"))
+    try:
+        with open("/proc/stat") as f:
+            ticks = [int(v) for v in f.readline().split()[1:9]]
+    except OSError:
+        return {"own": own}
+    idle = ticks[3] + ticks[4]  # idle + iowait
+    return {"own": own, "machine": (sum(ticks) - idle) / os.sysconf("SC_CLK_TCK")}
+
+
+def others_share(before: dict, after: dict, wall_s: float) -> float | None:
+    """The fraction of the machine's CPU time that other processes took between two cpu_seconds() readings."""
+    if "machine" not in before or wall_s <= 0:
+        return None
+    import os
+
+    other = (after["machine"] - before["machine"]) - (after["own"] - before["own"])
+    return min(1.0, max(0.0, other / (wall_s * (os.cpu_count() or 1))))

@@ -8,7 +8,7 @@ def add_arguments(p) -> None:
     p.add_argument("--arch", default=None, help="zoo architectures with random weights: all or a,b (default: all, unless --model)")
     p.add_argument("--model", default=None, help="checkpoints (.pt) or shipped names, comma-separated (mIoU measured with --data)")
     p.add_argument("--backend", default="torch,ort,opencv,tensorrt",
-                   help="comma-separated: torch, compile (torch.compile: minutes of compiling per model), ort, opencv, "
+                   help="comma-separated: torch, compile (torch.compile: 20-120 s of compiling per model and size on 2 cores), ort, opencv, "
                         "tensorrt (skipped where it is not installed)")
     p.add_argument("--precision", default="fp32", help="comma-separated: fp32, fp16, int8")
     p.add_argument("--size", default="360x480", help="input sizes HxW, comma-separated (rounded up to each model's size divisor)")
