@@ -1,9 +1,9 @@
 """Export on this CPU: PyTorch eager fp32 vs ONNX Runtime fp32 vs ONNX Runtime INT8, latency and mIoU, one run.
 
 For each model (a checkpoint or shipped name; default `demo`), exports through `edgeseg.export.export_model`
-(cached in --work), then times each form on one CamVid val frame at 360x480 (median and p90 of --runs after
---warmup, --threads intra-op threads) and measures mIoU on CamVid val through the same evaluation as
-`edgeseg eval`. INT8 comes in its two Q/DQ forms: `tensorrt` (what TensorRT >= 10 builds from) and `cpu` (what
+(cached in --work), measures mIoU on CamVid val through the same evaluation as `edgeseg eval`, then times
+every form on one CamVid val frame at 360x480 (--threads intra-op threads; median and p90 of at least --runs
+runs after --warmup, taken in turns of a few runs per form so that load from other processes hits all alike). INT8 comes in its two Q/DQ forms: `tensorrt` (what TensorRT >= 10 builds from) and `cpu` (what
 ONNX Runtime on x86 runs fastest). `--int8-variants` adds the quantization settings that were compared to
 choose the cpu form. Prints Markdown; `--out FILE` also writes it with the machine's details.
 
@@ -36,15 +36,21 @@ from edgeseg.models.predictor import TorchPredictor
 SIZE = (360, 480)
 
 
-def timed(fn, x, warmup: int, runs: int) -> dict:
-    for _ in range(warmup):
-        fn(x)
-    times = []
-    for _ in range(runs):
-        t = time.perf_counter()
-        fn(x)
-        times.append(1000 * (time.perf_counter() - t))
-    return {"median_ms": statistics.median(times), "p90_ms": float(np.percentile(times, 90))}
+def timed(fns: list, x, warmup: int, runs: int, block: int = 4) -> list[dict]:
+    """Latency of each predictor, measured in turns of `block` consecutive runs so that a slow spell on a shared
+    machine hits every predictor alike (the first runs of each turn are dropped: they reload the caches)."""
+    for fn in fns:
+        for _ in range(warmup):
+            fn(x)
+    times: list[list[float]] = [[] for _ in fns]
+    for _ in range(-(-runs // (block - 1))):
+        for fn, ts in zip(fns, times):
+            for i in range(block):
+                t = time.perf_counter()
+                fn(x)
+                if i:
+                    ts.append(1000 * (time.perf_counter() - t))
+    return [{"median_ms": statistics.median(ts), "p90_ms": float(np.percentile(ts, 90)), "runs": len(ts)} for ts in times]
 
 
 def ort_session(path, threads: int, level=ort.GraphOptimizationLevel.ORT_ENABLE_ALL):
@@ -110,14 +116,14 @@ def bench_model(model: str, args, work: Path) -> list[dict]:
     x = model_input([read_image(image_files(data, "val")[0])], SIZE, meta)
     torch.set_num_threads(args.threads)
     net, _ = checkpoint.load_model(model)
-    rows = []
+    rows, fns = [], []
 
     def row(backend, precision, form, fn, note=""):
-        t = timed(fn, x, args.warmup, args.runs)
         m = miou(fn, val, meta, limit=args.images, progress=False)
-        rows.append({"model": Path(model).stem, "backend": backend, "precision": precision, "form": form, **t,
+        rows.append({"model": Path(model).stem, "backend": backend, "precision": precision, "form": form,
                      "miou": m["miou"], "note": note})
-        print(f"  {backend} {precision} {form}: {t['median_ms']:.1f} ms, mIoU {100 * m['miou']:.2f}", flush=True)
+        fns.append(fn)
+        print(f"  {backend} {precision} {form}: mIoU {100 * m['miou']:.2f}", flush=True)
 
     row("PyTorch eager", "fp32", "-", TorchPredictor(net))
     row("ONNX Runtime", "fp32", "GridSample", ort_session(path["tensorrt/fp32"], args.threads))
@@ -139,6 +145,9 @@ def bench_model(model: str, args, work: Path) -> list[dict]:
         for level in ("EXTENDED", "BASIC"):
             row("ONNX Runtime", "int8", f"cpu form, FlowWarp op, graph optimisation {level}",
                 ort_session(cpu, args.threads, getattr(ort.GraphOptimizationLevel, f"ORT_ENABLE_{level}")))
+    print("  timing ...", flush=True)
+    for r, t in zip(rows, timed(fns, x, args.warmup, args.runs)):
+        r.update(t)
     return rows
 
 
@@ -181,8 +190,9 @@ def main() -> None:
     for m in models:
         print(f"{m}:", flush=True)
         rows += bench_model(m, args, work)
-    text = (f"Export latency on the CPU: {SIZE[0]}x{SIZE[1]}, batch 1, {args.threads} threads, median of {args.runs} after "
-            f"{args.warmup} warm-up runs; mIoU on CamVid val ({args.images or 'all'} images)\n\n{table(rows)}\n\n"
+    text = (f"Export latency on the CPU: {SIZE[0]}x{SIZE[1]}, batch 1, {args.threads} threads, median of >= {args.runs} runs "
+            f"after {args.warmup} warm-up runs, all forms timed in turns; mIoU on CamVid val ({args.images or 'all'} "
+            f"images)\n\n{table(rows)}\n\n"
             f"Machine: {machine()}")
     print("\n" + text)
     if args.out:

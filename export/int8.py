@@ -5,7 +5,8 @@ MatMul and Gemm (per-channel weights), nothing on their outputs, so that Resize,
 the elementwise ops and everything computed from shapes stay in float; products with a shape-derived matrix
 (the dynamic pooling of a PPM) stay float too: their values change with the input size, which calibration
 cannot describe. The `cpu` form is what ONNX Runtime on x86 runs fastest (uint8 activations, Relu folded
-into the quantization range, Add / Concat / Resize quantized too); TensorRT rejects it (uint8, zero points).
+into the quantization range, Add / Concat / Resize quantized too, the output left float); TensorRT rejects it
+(uint8, zero points).
 
 The guard measures mIoU of fp32 and int8 on a held-out split; when int8 loses more than `max_loss` points it
 ranks the quantized layers by the output error each one alone causes and leaves the worst in float, as few as
@@ -102,6 +103,13 @@ def size_dependent_nodes(model: onnx.ModelProto) -> list[str]:
     return [n.name for n in model.graph.node if n.name in names]
 
 
+def output_nodes(model: onnx.ModelProto) -> list[str]:
+    """Nodes other than Conv / MatMul / Gemm that write a graph output (the final upsampling of the logits):
+    kept float, so that the full-resolution output is not quantized only to be dequantized again."""
+    outputs = {o.name for o in model.graph.output}
+    return [n.name for n in model.graph.node if n.op_type not in QUANTIZED_OPS and outputs.intersection(n.output)]
+
+
 def quantizable_nodes(model: onnx.ModelProto) -> list[str]:
     """The nodes the tensorrt placement quantizes, in graph order."""
     keep_float = set(float_matmuls(model))
@@ -138,7 +146,8 @@ def quantize(fp32: Path, out: Path, images: CalibrationImages, cfg: QuantConfig,
             quantize_static(str(fp32), str(out), images, quant_format=QuantFormat.QDQ, per_channel=cfg.per_channel,
                             activation_type=QuantType.QInt8 if trt else QuantType.QUInt8, weight_type=QuantType.QInt8,
                             op_types_to_quantize=list(QUANTIZED_OPS) if trt else None, nodes_to_quantize=list(only or []),
-                            nodes_to_exclude=list(exclude) + float_matmuls(model) + size_dependent_nodes(model),
+                            nodes_to_exclude=list(exclude) + float_matmuls(model) + size_dependent_nodes(model)
+                            + output_nodes(model),
                             calibrate_method=method,
                             extra_options=options, calibration_cache_path=str(cache) if cache else None)
     except EdgesegError:

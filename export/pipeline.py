@@ -92,8 +92,17 @@ def export_model(model: str | os.PathLike, out_dir: str | os.PathLike, precision
 
 
 def _cache_key(sha: str, opts: ExportOptions) -> str:
-    blob = json.dumps({"sha256": sha, "edgeseg": __version__, **asdict(opts)}, sort_keys=True, default=str)
+    blob = json.dumps({"sha256": sha, "edgeseg": __version__, "passes": _passes_sha(), **asdict(opts)}, sort_keys=True,
+                      default=str)
     return hashlib.sha256(blob.encode()).hexdigest()
+
+
+def _passes_sha() -> str:
+    """Hash of the export stage's own code: a change to a pass invalidates what earlier code exported."""
+    h = hashlib.sha256()
+    for f in sorted(Path(__file__).parent.glob("*.py")):
+        h.update(f.read_bytes())
+    return h.hexdigest()
 
 
 def _cached(out_dir: Path, key: str) -> dict | None:

@@ -140,3 +140,28 @@ def test_bench_end_to_end(tiny_camvid, tmp_path, capsys):
     assert json.loads((out / "machine.json").read_text())["machine"]["cpu"]
     img = cv2.imread(str(out / "bench.png"))
     assert img is not None and img.shape[0] > 100 and img.std() > 0
+
+
+def test_flow_warp_models_run_the_flowwarp_op_on_onnx_runtime(tiny_camvid, tmp_path):
+    """Where the CPU op is built, ONNX Runtime rows of a flow-warp model run the edgeseg::FlowWarp graph (what a
+    user of this CPU deploys) and still compute what PyTorch computes; the other backends keep GridSample."""
+    import torch
+
+    from edgeseg.data import SegFolder
+    from edgeseg.kernels import find_library
+    from edgeseg.models import checkpoint, create
+
+    if find_library("ort") is None:
+        pytest.skip("the FlowWarp ONNX Runtime op is not built (`edgeseg kernels build`)")
+    torch.manual_seed(0)
+    ckpt = tmp_path / "warps.pt"
+    model = create("sfnet", 11, fpn_dim=16, aux=False)
+    checkpoint.save(checkpoint.model_record(model, SegFolder(tiny_camvid, "val").classes), ckpt)
+    out = tmp_path / "out"
+    assert main(["bench", "--model", str(ckpt), "--backend", "ort,opencv", "--precision", "fp32", "--size", "64x96",
+                 "--threads", "1", "--min-time", "0", "--min-runs", "3", "--warmup", "1", "--cache",
+                 str(tmp_path / "cache"), "--out", str(out)]) == 0
+    rows = {r["backend"]: r for r in json.loads((out / "bench.json").read_text())["rows"]}
+    assert rows["ort"]["status"] == "ok" and rows["ort"]["agreement"] > 0.99
+    assert rows["ort"]["graph"] == "edgeseg::FlowWarp" and "edgeseg::FlowWarp graph" in rows["ort"]["note"]
+    assert "graph" not in rows["opencv"] and "FlowWarp" not in rows["opencv"].get("note", "")

@@ -26,7 +26,7 @@ from edgeseg.export.int8 import (CalibrationImages, QuantConfig, guarded_quantiz
 from edgeseg.export.torch_export import Deployable, example_input, export_onnx
 from edgeseg.export.validate import OrtPredictor, image_files, model_input
 from edgeseg.fileio import sha256_file
-from edgeseg.kernels import find_library
+from edgeseg.kernels import find_library, ort_session_options_for
 from edgeseg.meta import META_KEY, parse_meta
 from edgeseg.models import available, checkpoint, create
 
@@ -225,6 +225,20 @@ def test_int8_cpu_form_keeps_size_dependent_arithmetic_float(tiny_camvid, tmp_pa
     assert {"Conv", "Add", "Concat", "Resize"} <= set(summary)  # what ONNX Runtime runs as uint8 kernels
     zero_points = [onnx.numpy_helper.to_array(t) for t in q.graph.initializer if t.name.endswith("_zero_point")]
     assert any(z.dtype == np.uint8 for z in zero_points)
+    out = {o: n for n in q.graph.node for o in n.output}["logits"]  # full-resolution logits: not quantized, then
+    assert out.op_type == "Resize" and out.input[0] in dq_out      # dequantized again; upsampled from dequantized
+    # ONNX Runtime runs every int8 convolution in NHWC, also those after a FlowWarp (whose output rank the graph keeps)
+    convs = [n for n in ort_optimized(rep["outputs"]["int8-flowwarp"]["path"]).graph.node if n.op_type == "QLinearConv"]
+    assert len(convs) >= 20 and all(n.domain == "com.microsoft" for n in convs), [n.name for n in convs if not n.domain]
+
+
+def ort_optimized(path) -> onnx.ModelProto:
+    """The graph as ONNX Runtime's CPU provider runs it after all its optimisations."""
+    so = ort_session_options_for(path)
+    so.optimized_model_filepath = str(Path(path).with_suffix(".optimized.onnx"))
+    so.log_severity_level = 3  # its warning that the saved graph is tied to this CPU is known
+    ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"])
+    return load(so.optimized_model_filepath)
 
 
 def _small_net_onnx(path: Path, frames) -> dict:

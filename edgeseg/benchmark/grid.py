@@ -19,7 +19,7 @@ from pathlib import Path
 from tqdm import tqdm
 
 from edgeseg.benchmark import peers
-from edgeseg.benchmark.exports import engine_file, onnx_file
+from edgeseg.benchmark.exports import engine_file, flowwarp_op_here, has_warps, onnx_file
 from edgeseg.benchmark.flops import count_flops, count_params
 from edgeseg.benchmark.machine import peak_for
 from edgeseg.benchmark.sources import Source, fit, reference
@@ -106,6 +106,8 @@ class Grid:
                "size": f"{size[0]}x{size[1]}", "run_size": f"{run_size[0]}x{run_size[1]}", "batch": batch, "status": "error"}
         try:
             spec = self.prepare(src, run_size, batch, precision, backend, row)
+            if row.get("graph"):
+                notes.append(f"{row['graph']} graph")
             result = self.measure(spec, tmp)
         except EdgesegError as e:
             result = {"status": "error", "error": str(e).strip().splitlines()[0]}
@@ -124,7 +126,12 @@ class Grid:
             src.memo[("flops", run_size)] = count_flops(fp32, (1, 3, *run_size))["total"]
         row["gflop"] = src.memo[("flops", run_size)] / 1e9
         if backend not in ("torch", "compile"):
-            files["onnx"] = str(self.export(src, precision, int8_target(backend)))
+            if "warps" not in src.memo:
+                src.memo["warps"] = has_warps(fp32)
+            flowwarp = src.memo["warps"] and flowwarp_op_here(backend)
+            files["onnx"] = str(self.export(src, precision, int8_target(backend), flowwarp))
+            if flowwarp:
+                row["graph"] = "edgeseg::FlowWarp"
         if backend == "tensorrt":
             files["engine"] = str(engine_file(Path(files["onnx"]), run_size, batch, self.s.cache))
         x_path, y_path = reference(src, self.ref_image, run_size, self.s.cache)
@@ -136,12 +143,13 @@ class Grid:
                             "size_divisor": src.size_divisor, "mean": src.mean, "std": src.std}
         return spec
 
-    def export(self, src: Source, precision: str, target: str) -> Path:
-        """The exported ONNX, made once per model, precision and int8 placement; a failure is remembered, not retried."""
-        key = ("onnx", precision, target if precision == "int8" else "")
+    def export(self, src: Source, precision: str, target: str, flowwarp: bool = False) -> Path:
+        """The exported ONNX, made once per model, precision, int8 placement and graph; a failure is remembered, not
+        retried."""
+        key = ("onnx", precision, target if precision == "int8" else "", flowwarp)
         if key not in src.memo:
             try:
-                src.memo[key] = onnx_file(src, precision, target, self.s.data, self.s.eval_limit, self.s.cache)
+                src.memo[key] = onnx_file(src, precision, target, self.s.data, self.s.eval_limit, self.s.cache, flowwarp)
             except EdgesegError as e:
                 src.memo[key] = EdgesegError(f"{precision} export: {str(e).strip().splitlines()[0]}")
         if isinstance(src.memo[key], Exception):
