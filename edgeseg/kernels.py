@@ -58,6 +58,14 @@ def find_library(kind: str) -> Path | None:
     return next((d / name for d in search_dirs() if (d / name).is_file()), None)
 
 
+def prefer_ort_cpu_op() -> bool:
+    """Whether ONNX Runtime here should run a model's FlowWarp graph: the CPU op is built and ONNX Runtime has no
+    CUDA provider (the op has no CUDA kernel for ONNX Runtime; on a GPU the GridSample graph stays on the device)."""
+    import onnxruntime as ort
+
+    return find_library("ort") is not None and "CUDAExecutionProvider" not in ort.get_available_providers()
+
+
 # ---------------------------------------------------------------- build
 def build(build_dir: str | os.PathLike | None = None, cuda_archs: str | None = None, ort_include: str | None = None,
           tensorrt_root: str | None = None, clean: bool = False, log=print) -> dict:

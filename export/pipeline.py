@@ -32,7 +32,7 @@ class ExportOptions:
     opset: int = 17
     head: str = "logits"
     fused_preprocess: bool = False
-    flowwarp_plugin: bool = False
+    flowwarp_plugin: bool | str = False  # also write FlowWarp graphs; "auto": only when the model has a flow warp
     data: str | None = None  # dataset root: validation images, guard split, default calibration images
     calib: str | None = None  # calibration image folder (default: <data>/images/train)
     calib_method: str = "percentile"
@@ -161,7 +161,7 @@ class _Export:
     def _run(self) -> None:
         import torch
 
-        from edgeseg.export.torch_export import Deployable, example_input, export_onnx
+        from edgeseg.export.torch_export import Deployable, example_input, export_onnx, split_thin_convs
         from edgeseg.meta import make_meta
         from edgeseg.models import checkpoint
 
@@ -183,11 +183,12 @@ class _Export:
         self.log(f"{rec['arch']} -> ONNX (opset {o.opset}, head {o.head}{', fused preprocessing' if fused else ''})")
         wrapper = Deployable(net, o.head, fused, rec["mean"], rec["std"])
         h, w = self.sizes[0]
-        fp32 = export_onnx(wrapper, example_input(h, w, fused), o.opset)
+        fp32 = export_onnx(Deployable(split_thin_convs(net), o.head, fused, rec["mean"], rec["std"]),
+                           example_input(h, w, fused), o.opset)
         self._stage("fp32", fp32, "fp32")
 
         @torch.inference_mode()
-        def reference(x):
+        def reference(x):  # the model as trained
             return wrapper(torch.from_numpy(x)).numpy()
         self._check("fp32", reference, "pytorch", max_abs=V.FP32_MAX_ABS, min_agree=V.MIN_AGREEMENT)
 
@@ -267,6 +268,8 @@ class _Export:
         from edgeseg.export.flowwarp import fuse_flowwarp
 
         self.rep["flowwarp"] = {}
+        if self.o.flowwarp_plugin == "auto" and not any(n.op_type == "GridSample" for n in self.models["fp32"].graph.node):
+            return
         for key in [k for k in ("fp32", "fp16", "int8") if k in self.models]:
             self.log(f"{key}: GridSample -> edgeseg::FlowWarp")
             model, info = fuse_flowwarp(self.models[key])

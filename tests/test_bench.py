@@ -46,7 +46,7 @@ def test_parse_request_and_bad_input():
 
 
 @pytest.mark.parametrize("argv, named", [(["--arch", "nosuch"], "nosuch"), (["--size", "big"], "big"),
-                                          (["--model", "missing.pt"], "missing.pt")])
+                                          (["--model", "missing.pt"], "missing.pt"), (["--baseline", "nosuch.json"], "nosuch.json")])
 def test_cli_bad_input_is_one_line(argv, named, tmp_path, capsys):
     assert main(["bench", *argv, "--cache", str(tmp_path / "c"), "--out", str(tmp_path / "o")]) == 2
     err = capsys.readouterr().err.strip()
@@ -140,6 +140,22 @@ def test_bench_end_to_end(tiny_camvid, tmp_path, capsys):
     assert json.loads((out / "machine.json").read_text())["machine"]["cpu"]
     img = cv2.imread(str(out / "bench.png"))
     assert img is not None and img.shape[0] > 100 and img.std() > 0
+
+    # the same grid again, against the first run: every measured row gets its ratio, the header a summary
+    again = main(["bench", "--model", str(ckpt), "--backend", "torch,ort", "--precision", "fp32", "--size", "64x96",
+                  "--threads", "1", "--min-time", "0", "--min-runs", "3", "--warmup", "1", "--cache", str(tmp_path / "cache"),
+                  "--baseline", str(out / "bench.json"), "--out", str(tmp_path / "again")])
+    assert again == 0
+    doc2 = json.loads((tmp_path / "again" / "bench.json").read_text())
+    first = {(r["backend"]): r["latency_median_ms"] for r in rows if r["model"] == "mine" and r["status"] == "ok"}
+    for r in doc2["rows"]:
+        assert r["vs_baseline"] == pytest.approx(r["latency_median_ms"] / first[r["backend"]])
+    s = doc2["baseline"]
+    assert s["rows"] == 2 and 0 <= s["within"] <= 2 and s["geomean"] > 0 and s["peak_ratio"]["fp32"] > 0
+    assert "vs base" in (tmp_path / "again" / "bench.md").read_text() and "Against the baseline" in capsys.readouterr().out
+    (tmp_path / "foreign.json").write_text('{"rows": [{"model": 1}]}')
+    assert main(["bench", "--model", str(ckpt), "--baseline", str(tmp_path / "foreign.json"), "--out", str(tmp_path / "x")]) == 2
+    assert "not a bench.json" in capsys.readouterr().err and not (tmp_path / "x").exists()
 
 
 def test_flow_warp_models_run_the_flowwarp_op_on_onnx_runtime(tiny_camvid, tmp_path):

@@ -23,7 +23,7 @@ from edgeseg.export.fp16 import FP32_OPS, float_types, fp32_nodes
 from edgeseg.export.graph import get_meta, load, op_counts
 from edgeseg.export.int8 import (CalibrationImages, QuantConfig, guarded_quantize, qdq_summary, quantizable_nodes, quantize,
                                  size_dependent_nodes)
-from edgeseg.export.torch_export import Deployable, example_input, export_onnx
+from edgeseg.export.torch_export import Deployable, example_input, export_onnx, split_thin_convs
 from edgeseg.export.validate import OrtPredictor, image_files, model_input
 from edgeseg.fileio import sha256_file
 from edgeseg.kernels import find_library, ort_session_options_for
@@ -370,6 +370,18 @@ def test_flowwarp_pass_needs_a_gridsample():
 
 
 # ---------------------------------------------------------------- heads, preprocessing, Triton
+def test_thin_convs_export_as_a_matrix_product_and_the_same_function():
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Conv2d(5, 2, 3, padding=1, bias=True), nn.ReLU(), nn.Conv2d(2, 8, 3, padding=1),
+                        nn.Conv2d(8, 3, 3, padding=1, bias=False), nn.Conv2d(3, 1, 3, padding=2, dilation=2))
+    split = split_thin_convs(net)
+    assert [type(m).__name__ for m in split] == ["TapSplitConv", "ReLU", "Conv2d", "TapSplitConv", "Conv2d"]
+    assert isinstance(net[0], nn.Conv2d)  # the original is left as it was
+    for shape in [(1, 5, 1, 1), (2, 5, 7, 13)]:
+        x = torch.randn(shape)
+        assert torch.allclose(net(x), split(x), atol=1e-5)
+
+
 def test_argmax_head_and_fused_preprocessing(sfnet_ckpt, tiny_camvid, tmp_path, frames):
     rep = export_model(sfnet_ckpt, tmp_path, ("fp32",), data=str(tiny_camvid), sizes=SIZES[:1], head="argmax",
                        fused_preprocess=True, guard=False, validate_images=1, triton_repo=str(tmp_path / "triton"),

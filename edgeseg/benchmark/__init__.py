@@ -10,4 +10,5 @@ flops    FLOPs and parameters from the ONNX graph
 timing   latency statistics and resident memory
 machine  CPU, GPU, driver and library versions; the measured peak GFLOP/s (the roofline's roof)
 report   Markdown table, CSV, JSON and the speed/accuracy plot with its Pareto front
+baseline comparison with an earlier run's bench.json
 """

@@ -6,6 +6,7 @@ import os
 import time
 from pathlib import Path
 
+from edgeseg.benchmark import baseline as compare_with
 from edgeseg.benchmark import peers, report
 from edgeseg.benchmark.grid import Grid, Settings, parse_list, parse_size
 from edgeseg.benchmark.machine import best_peaks, machine_info, measure_peaks
@@ -33,9 +34,12 @@ def parse_request(arch: str | None, model: str | None, backend: str, precision: 
             "sizes": [parse_size(s) for s in size.split(",") if s.strip()], "batches": batches}
 
 
-def benchmark(request: dict, settings: Settings, out: Path, *, command: str = "", progress: bool = True) -> dict:
-    """Run the grid and write bench.md / .csv / .json / .png and machine.json into `out`. Returns the JSON document."""
+def benchmark(request: dict, settings: Settings, out: Path, *, command: str = "", progress: bool = True,
+              baseline: str | Path | None = None) -> dict:
+    """Run the grid and write bench.md / .csv / .json / .png and machine.json into `out`. Returns the JSON document.
+    baseline: an earlier run's bench.json, compared row by row."""
     start, load_start = time.perf_counter(), os.getloadavg()[0]
+    base = compare_with.load(baseline) if baseline else None
     classes = None
     if settings.data is not None:
         from edgeseg.data import SegFolder
@@ -61,6 +65,8 @@ def benchmark(request: dict, settings: Settings, out: Path, *, command: str = ""
                         "split": settings.split, "eval_limit": settings.eval_limit, "eval_images": eval_images or None},
            # other work on the machine slows the rows down: the 1-minute load average before and after says how much
            "load_average": {"start": load_start, "end": os.getloadavg()[0]}}
+    if base is not None:
+        doc["baseline"] = compare_with.compare(rows, base, peaks)
     files = report.write_all(out, rows, grid.skipped, doc, header(doc))
     return {**doc, "rows": rows, "skipped": grid.skipped, "files": {k: str(v) for k, v in files.items()}}
 
@@ -81,4 +87,6 @@ def header(doc: dict) -> str:
     lines.append("FLOPs = 2 x MACs of Conv/ConvTranspose/MatMul/Gemm from the ONNX graph; % peak = achieved GFLOP/s over the "
                  "peak of its precision (above 100: the runtime's convolutions outrun the matrix product that measured the "
                  "peak); Agree % = argmax agreement with PyTorch fp32 on one image.")
+    if "baseline" in doc:
+        lines.append(compare_with.summary_line(doc["baseline"]) + " vs base = this row's latency over the baseline's.")
     return "\n".join(lines)

@@ -28,38 +28,30 @@ def noise_images(cache: Path, n: int = 4) -> Path:
     return folder
 
 
-def onnx_file(src: Source, precision: str, target: str, data: Path | None, eval_limit: int | None, cache: Path,
-              flowwarp: bool = False) -> Path:
-    """The validated ONNX of this precision (target: the int8 placement, "cpu" or "tensorrt"; flowwarp: the graph
-    with the edgeseg::FlowWarp op in place of each warp's GridSample subgraph)."""
+def onnx_file(src: Source, precision: str, target: str, data: Path | None, eval_limit: int | None, cache: Path) -> dict[str, Path]:
+    """The validated ONNX of this precision (target: the int8 placement, "cpu" or "tensorrt") by graph kind: "plain",
+    and where the CPU op is built and the model has flow warps, "flowwarp-plugin" (the edgeseg::FlowWarp op in their
+    place)."""
     from edgeseg.export.pipeline import export_model
+    from edgeseg.kernels import find_library
 
     folder = cache / "onnx" / src.checkpoint.stem / (f"{precision}-{target}" if precision == "int8" else precision)
-    if flowwarp:
-        folder = folder.with_name(folder.name + "-flowwarp")
-    options = {"int8_target": target, "name": src.name, "flowwarp_plugin": flowwarp}
+    options = {"int8_target": target, "name": src.name, "flowwarp_plugin": "auto" if find_library("ort") else False}
     if data is not None:
         options.update(data=str(data), guard=src.trained, guard_images=eval_limit)
     else:
         noise = noise_images(cache)
         options.update(data=str(noise), calib=str(noise), guard=False)
     rep = export_model(str(src.checkpoint), folder, (precision,), progress=False, **options)
-    return Path(rep["outputs"][f"{precision}-flowwarp" if flowwarp else precision]["path"])
+    return {f["graph"]: Path(f["path"]) for f in rep["outputs"].values()}
 
 
-def has_warps(onnx_path: Path) -> bool:
-    import onnx
+def graph_for(backend: str, graphs: dict[str, Path]) -> str:
+    """The graph a row runs: the FlowWarp one on ONNX Runtime where `prefer_ort_cpu_op` (OpenCV and TensorRT parse
+    GridSample)."""
+    from edgeseg.kernels import prefer_ort_cpu_op
 
-    return any(n.op_type == "GridSample" for n in onnx.load(str(onnx_path), load_external_data=False).graph.node)
-
-
-def flowwarp_op_here(backend: str) -> bool:
-    """Whether ONNX Runtime rows run the FlowWarp graph: the CPU op is built and ONNX Runtime runs on the CPU (the op
-    has no CUDA kernel for ONNX Runtime; TensorRT and OpenCV take the GridSample graph)."""
-    from edgeseg.kernels import find_library
-    from edgeseg.runtime.backends import available_ort_providers
-
-    return backend == "ort" and find_library("ort") is not None and "CUDAExecutionProvider" not in available_ort_providers()
+    return "flowwarp-plugin" if backend == "ort" and "flowwarp-plugin" in graphs and prefer_ort_cpu_op() else "plain"
 
 
 def engine_file(onnx_path: Path, size: tuple[int, int], batch: int, cache: Path) -> Path:

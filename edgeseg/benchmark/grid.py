@@ -19,7 +19,7 @@ from pathlib import Path
 from tqdm import tqdm
 
 from edgeseg.benchmark import peers
-from edgeseg.benchmark.exports import engine_file, flowwarp_op_here, has_warps, onnx_file
+from edgeseg.benchmark.exports import engine_file, graph_for, onnx_file
 from edgeseg.benchmark.flops import count_flops, count_params
 from edgeseg.benchmark.machine import peak_for
 from edgeseg.benchmark.sources import Source, fit, reference
@@ -118,7 +118,7 @@ class Grid:
 
     def prepare(self, src: Source, run_size, batch: int, precision: str, backend: str, row: dict) -> dict:
         files = {"checkpoint": str(src.checkpoint)}
-        fp32 = self.export(src, "fp32", "cpu")
+        fp32 = self.export(src, "fp32", "cpu")["plain"]
         if "params" not in src.memo:
             src.memo["params"] = count_params(fp32)
         row["params_m"] = src.memo["params"] / 1e6
@@ -126,11 +126,10 @@ class Grid:
             src.memo[("flops", run_size)] = count_flops(fp32, (1, 3, *run_size))["total"]
         row["gflop"] = src.memo[("flops", run_size)] / 1e9
         if backend not in ("torch", "compile"):
-            if "warps" not in src.memo:
-                src.memo["warps"] = has_warps(fp32)
-            flowwarp = src.memo["warps"] and flowwarp_op_here(backend)
-            files["onnx"] = str(self.export(src, precision, int8_target(backend), flowwarp))
-            if flowwarp:
+            graphs = self.export(src, precision, int8_target(backend))
+            graph = graph_for(backend, graphs)
+            files["onnx"] = str(graphs[graph])
+            if graph == "flowwarp-plugin":
                 row["graph"] = "edgeseg::FlowWarp"
         if backend == "tensorrt":
             files["engine"] = str(engine_file(Path(files["onnx"]), run_size, batch, self.s.cache))
@@ -143,13 +142,13 @@ class Grid:
                             "size_divisor": src.size_divisor, "mean": src.mean, "std": src.std}
         return spec
 
-    def export(self, src: Source, precision: str, target: str, flowwarp: bool = False) -> Path:
-        """The exported ONNX, made once per model, precision, int8 placement and graph; a failure is remembered, not
-        retried."""
-        key = ("onnx", precision, target if precision == "int8" else "", flowwarp)
+    def export(self, src: Source, precision: str, target: str) -> dict[str, Path]:
+        """The exported ONNX graphs (see `onnx_file`), made once per model, precision and int8 placement; a failure is
+        remembered, not retried."""
+        key = ("onnx", precision, target if precision == "int8" else "")
         if key not in src.memo:
             try:
-                src.memo[key] = onnx_file(src, precision, target, self.s.data, self.s.eval_limit, self.s.cache, flowwarp)
+                src.memo[key] = onnx_file(src, precision, target, self.s.data, self.s.eval_limit, self.s.cache)
             except EdgesegError as e:
                 src.memo[key] = EdgesegError(f"{precision} export: {str(e).strip().splitlines()[0]}")
         if isinstance(src.memo[key], Exception):

@@ -10,7 +10,7 @@ from edgeseg.fileio import atomic_path, write_json, write_text
 
 CSV_FIELDS = ["model", "arch", "weights", "backend", "runtime", "device", "precision", "size", "run_size", "batch", "status",
               "latency_median_ms", "latency_p90_ms", "latency_p99_ms", "runs", "fps", "rss_peak_mb", "device_mem_mb",
-              "params_m", "gflop", "gflops_per_s", "peak_fraction", "agreement", "miou", "eval_images", "others_cpu", "note", "error"]
+              "params_m", "gflop", "gflops_per_s", "peak_fraction", "agreement", "miou", "eval_images", "others_cpu", "vs_baseline", "note", "error"]
 
 
 def pareto_front(points: Sequence[tuple[float, float]]) -> list[int]:
@@ -35,8 +35,9 @@ def miou_cell(row: dict) -> str:
 
 
 def markdown(rows: list[dict], skipped: list[dict], header: str) -> str:
+    vs_base = any("vs_baseline" in r for r in rows)
     cols = ["Model", "Weights", "Backend", "Prec", "Size", "Batch", "Median ms", "p90 ms", "p99 ms", "FPS", "Peak RSS MB",
-            "Params M", "GFLOP", "GFLOP/s", "% peak", "Agree %", "mIoU %", "Note"]
+            "Params M", "GFLOP", "GFLOP/s", "% peak", "Agree %", "mIoU %"] + ["vs base"] * vs_base + ["Note"]
     lines = [header, "", "| " + " | ".join(cols) + " |", "|" + "|".join("---" if c in ("Model", "Weights", "Backend", "Note") else "--:"
                                                                           for c in cols) + "|"]
     for r in rows:
@@ -50,7 +51,7 @@ def markdown(rows: list[dict], skipped: list[dict], header: str) -> str:
                  _num(r.get("gflop"), ".1f"), _num(r.get("gflops_per_s"), ".1f"),
                  _num(None if r.get("peak_fraction") is None else 100 * r["peak_fraction"], ".0f"),
                  _num(None if r.get("agreement") is None else 100 * r["agreement"], ".1f"),
-                 miou_cell(r) if ok else "—", note.replace("|", "/")]
+                 miou_cell(r) if ok else "—"] + [_num(r.get("vs_baseline"), ".2f")] * vs_base + [note.replace("|", "/")]
         lines.append("| " + " | ".join(cells) + " |")
     if skipped:
         lines.append("")

@@ -22,6 +22,8 @@ def add_arguments(p) -> None:
     p.add_argument("--warmup", type=int, default=2, help="untimed runs before measuring")
     p.add_argument("--row-timeout", type=float, default=900.0, help="seconds after which a row is stopped and reported as failed")
     p.add_argument("--cache", default=None, help="where exports and random-weight checkpoints are kept (default ~/.cache/edgeseg/bench)")
+    p.add_argument("--baseline", default=None,
+                   help="bench.json of an earlier run: each row's latency over the same row's there, and a summary")
     p.add_argument("--out", required=True, help="folder for bench.md, bench.csv, bench.json, bench.png, machine.json")
 
 
@@ -42,7 +44,8 @@ def run(args) -> int:
     settings = Settings(min_time=args.min_time, min_runs=args.min_runs, warmup=args.warmup, threads=args.threads,
                         data=Path(args.data) if args.data else None, split=args.split, eval_limit=args.eval_limit,
                         row_timeout=args.row_timeout, cache=Path(args.cache) if args.cache else default_cache())
-    doc = benchmark(request, settings, Path(args.out), command="edgeseg bench " + " ".join(sys.argv[2:]))
+    doc = benchmark(request, settings, Path(args.out), command="edgeseg bench " + " ".join(sys.argv[2:]),
+                    baseline=args.baseline)
     print(Path(doc["files"]["table"]).read_text())
     for kind, path in doc["files"].items():
         print(f"{kind:>8}: {path}")

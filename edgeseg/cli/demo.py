@@ -70,6 +70,7 @@ def export_cached(model: str = "demo", precisions=("fp32", "int8"), progress: bo
     from edgeseg.errors import EdgesegError
     from edgeseg.export import export_model
     from edgeseg.fileio import sha256_file
+    from edgeseg.kernels import prefer_ort_cpu_op
     from edgeseg.models import checkpoint
 
     if model in checkpoint.SHIPPED and not checkpoint.SHIPPED[model].is_file():
@@ -79,9 +80,12 @@ def export_cached(model: str = "demo", precisions=("fp32", "int8"), progress: bo
     frames = calibration_frames(CLIP, cache_dir() / "calibration")
     precisions = tuple(p for p in ("fp32", "fp16", "int8") if p in {"fp32", *precisions})  # fp32 is always made
     out = cache_dir() / "models" / f"{src.stem}-{sha256_file(src)[:12]}" / "+".join(precisions)
+    flowwarp = prefer_ort_cpu_op()  # a model with flow warps then runs them through the CPU op
     report = export_model(model, out, precisions, progress=progress, data=str(frames), calib=str(frames),
-                          calib_images=CALIB_FRAMES, guard=False, int8_target="cpu", sizes=(VALIDATE_SIZE,))
-    paths = {f["precision"]: Path(f["path"]) for f in report["outputs"].values() if f["graph"] == "plain"}
+                          calib_images=CALIB_FRAMES, guard=False, int8_target="cpu", sizes=(VALIDATE_SIZE,),
+                          flowwarp_plugin="auto" if flowwarp else False)
+    outputs = report["outputs"]
+    paths = {p: Path((outputs.get(f"{p}-flowwarp") or outputs[p])["path"]) for p in precisions}
     return paths, report
 
 

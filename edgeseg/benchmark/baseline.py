@@ -1,0 +1,58 @@
+"""Comparison with an earlier run (`--baseline bench.json`): each row's latency over the same row's then.
+
+Rows match on model, backend, precision, run size and batch. A shared machine's speed drifts from one run to the
+next, so the summary also gives the ratio of the two runs' measured matrix-product peaks: when the peak moved as
+much as the rows did, the machine changed, not the runtimes.
+"""
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+from edgeseg.errors import EdgesegError
+
+KEY = ("model", "backend", "precision", "run_size", "batch")
+TOLERANCE = 0.10  # rows within +-10 % count as agreeing: about what one row varies between runs on this CPU
+
+
+def load(path: str | Path) -> dict:
+    """A bench.json from an earlier `edgeseg bench`; a missing or foreign file is a one-line error."""
+    path = Path(path)
+    try:
+        doc = json.loads(path.read_text())
+        rows = doc["rows"]
+        doc["_path"] = str(path)
+        if not isinstance(rows, list) or not all(all(k in r for k in KEY) for r in rows):
+            raise KeyError("rows")
+    except OSError as e:
+        raise EdgesegError(f"--baseline {path}: cannot read it ({e.strerror}); pass the bench.json of an earlier run")
+    except (ValueError, KeyError, TypeError):
+        raise EdgesegError(f"--baseline {path}: not a bench.json written by `edgeseg bench`; pass the bench.json of an earlier run")
+    return doc
+
+
+def compare(rows: list[dict], base: dict, peaks: dict) -> dict:
+    """Set row["vs_baseline"] (latency now / then) on the rows that both runs measured; return the summary."""
+    then = {tuple(r[k] for k in KEY): r for r in base["rows"] if r.get("status") == "ok"}
+    ratios = []
+    for r in rows:
+        old = then.get(tuple(r[k] for k in KEY))
+        if r["status"] == "ok" and old is not None:
+            r["vs_baseline"] = r["latency_median_ms"] / old["latency_median_ms"]
+            ratios.append(r["vs_baseline"])
+    base_peaks = base.get("peaks_gflops", {}).get("cpu", {})
+    peak_ratio = {p: v / base_peaks[p] for p, v in peaks.get("cpu", {}).items() if base_peaks.get(p)}
+    return {"file": base["_path"], "date": base.get("date"), "rows": len(ratios),
+            "within": sum(abs(x - 1) <= TOLERANCE for x in ratios),
+            "geomean": math.exp(sum(map(math.log, ratios)) / len(ratios)) if ratios else None,
+            "peak_ratio": peak_ratio}
+
+
+def summary_line(s: dict) -> str:
+    if not s["rows"]:
+        return f"Baseline {s['file']}: no row of this run was measured there."
+    peaks = ", ".join(f"{p} {r:.2f}x" for p, r in s["peak_ratio"].items())
+    return (f"Against the baseline {s['file']} ({s['date']}): latency now / then, geometric mean {s['geomean']:.2f} over "
+            f"{s['rows']} rows, {s['within']} of them within ±{TOLERANCE:.0%}"
+            + (f"; this run's measured peak over the baseline's: {peaks}" if peaks else "") + ".")
