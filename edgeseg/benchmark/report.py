@@ -117,7 +117,10 @@ def plot(path: Path, rows: list[dict], title: str) -> None:
         ax.scatter([p["latency_median_ms"] for p in front], [100 * p["miou"] for p in front], s=180, facecolors="none",
                    edgecolors="0.2", zorder=4)
         ax.legend(loc="best", fontsize=8)
-        ax.margins(x=0.25, y=0.25)  # room for the labels
+        ax.margins(x=0.25)  # room for the labels
+        lo, hi = min(100 * p["miou"] for p in scored), max(100 * p["miou"] for p in scored)
+        pad = max(2.5, 0.25 * (hi - lo))  # at least 5 points tall: hundredths of a point must not look like a gap
+        ax.set_ylim(lo - pad, hi + pad)
     else:
         ax.text(0.5, 0.5, "no mIoU measured (run with --data and trained models)", ha="center", va="center",
                 transform=ax.transAxes, color="0.4")
