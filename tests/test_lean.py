@@ -9,7 +9,8 @@ import sys
 import pytest
 import torch
 
-from runtime_helpers import SIZE, camvid_frames, camvid_meta, export_onnx, read_video, sfnet, write_video
+from edgeseg.runtime.sources import read_video_frames
+from runtime_helpers import SIZE, camvid_frames, camvid_meta, export_onnx, sfnet, write_video
 
 BLOCKED = ("torch", "torchvision", "onnx", "onnxscript", "onnxslim", "onnxconverter_common", "matplotlib", "tensorrt")
 ALLOWED = {"edgeseg", "numpy", "cv2", "onnxruntime"}
@@ -48,7 +49,7 @@ def test_edgeseg_run_without_torch(camvid, tmp_path):
                         "--json", str(tmp_path / "run.json"), "--quiet"], capture_output=True, text=True, timeout=120)
     assert r.returncode == 0, r.stderr
     assert json.loads((tmp_path / "run.json").read_text())["frames"] == 6
-    assert len(read_video(tmp_path / "out.mp4")) == 6 and len(list((tmp_path / "labels").iterdir())) == 6
+    assert len(read_video_frames(tmp_path / "out.mp4")) == 6 and len(list((tmp_path / "labels").iterdir())) == 6
     imported = set(json.loads(mods.read_text()))
     assert imported <= ALLOWED, imported
 

@@ -18,9 +18,9 @@ from edgeseg.runtime.postprocess import Postprocessor, upsample
 from edgeseg.runtime.preprocess import Preprocessor, model_size, parse_size
 from edgeseg.runtime.render import Renderer, palette_lut
 from edgeseg.runtime.sinks import DisplaySink, ImageDirSink, Sink, VideoSink, gui_available, open_sink
-from edgeseg.runtime.sources import open_source, parse_source
+from edgeseg.runtime.sources import open_source, parse_source, read_video_frames
 from edgeseg.runtime import trt
-from runtime_helpers import SIZE, Argmax, Fused, camvid_frames, camvid_meta, conv_net, export_onnx, read_video, sfnet, write_video
+from runtime_helpers import SIZE, Argmax, Fused, camvid_frames, camvid_meta, conv_net, export_onnx, sfnet, write_video
 
 
 # ---------------------------------------------------------------- models
@@ -386,7 +386,7 @@ def test_video_sink_appears_only_when_finalised(tmp_path, frames):
     assert not (tmp_path / "out" / "v.mp4").exists() and sink.tmp.exists()
     sink.close()
     assert not sink.tmp.exists()
-    got = read_video(tmp_path / "out" / "v.mp4")
+    got = read_video_frames(tmp_path / "out" / "v.mp4")
     assert len(got) == 5 and got[0].shape == frames[0].shape
     empty = open_sink(str(tmp_path / "empty.mp4"))
     empty.close()

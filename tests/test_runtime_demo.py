@@ -11,11 +11,12 @@ from edgeseg.cli import demo, main
 from edgeseg.data import CAMVID
 from edgeseg.errors import EdgesegError
 from edgeseg.models import checkpoint
-from runtime_helpers import SIZE, camvid_frames, read_video, sfnet, write_video
+from edgeseg.runtime.sources import read_video_frames
+from runtime_helpers import SIZE, camvid_frames, sfnet, write_video
 
 
 def test_the_shipped_clip_is_the_camvid_val_sequence(camvid):
-    frames = read_video(demo.CLIP)
+    frames = read_video_frames(demo.CLIP)
     assert len(frames) == 101 and frames[0].shape == (360, 480, 3)
     cap = cv2.VideoCapture(str(demo.CLIP))
     assert cap.get(cv2.CAP_PROP_FPS) == 15
@@ -45,7 +46,7 @@ def test_demo_exports_once_and_compares_fp32_with_int8(small_demo, tmp_path, cap
     for precision in ("fp32", "int8"):
         run = summary["runs"][precision]
         assert run["frames"] + run["dropped"] == 36 and run["precision"] == precision
-        assert len(read_video(out / f"overlay_{precision}.mp4")) == run["frames"]
+        assert len(read_video_frames(out / f"overlay_{precision}.mp4")) == run["frames"]
     assert 0.5 < summary["export"]["int8_argmax_agreement"] <= 1
     models = list((tmp_path / "cache" / "edgeseg" / "demo" / "models").glob("*/fp32+int8"))
     assert len(models) == 1 and len(list((tmp_path / "cache" / "edgeseg" / "demo" / "calibration").glob("*.png"))) == 32

@@ -18,7 +18,8 @@ import torch
 
 from edgeseg.cli import main
 from edgeseg.cli.run import run_stream
-from runtime_helpers import SIZE, camvid_frames, camvid_meta, conv_net, export_onnx, read_video, sfnet, write_video
+from edgeseg.runtime.sources import read_video_frames
+from runtime_helpers import SIZE, camvid_frames, camvid_meta, conv_net, export_onnx, sfnet, write_video
 
 DESIGN_KEYS = {"frames", "fps", "latency_ms", "stages", "dropped"}
 
@@ -52,7 +53,7 @@ def test_file_pipeline_writes_every_frame_and_matches_the_sequential_reference(m
     assert set(s["stages"]) == {"capture", "preprocess", "infer", "postprocess", "render", "write"}
     assert (s["frames"], s["dropped"], s["corrupt"], s["end"]) == (8, 0, 0, "end of file")
     assert s["fps"] > 0 and s["latency_ms"]["p50"] > 0 and s["model_input"] == list(SIZE)
-    decoded = read_video(video)  # the pipeline sees the decoded (MJPG) frames
+    decoded = read_video_frames(video)  # the pipeline sees the decoded (MJPG) frames
     for i, frame in enumerate(decoded):
         x = cv2.cvtColor(frame, cv2.COLOR_BGR2RGB).astype(np.float32) / 255
         x = (x - np.float32([0.485, 0.456, 0.406])) / np.float32([0.229, 0.224, 0.225])
@@ -62,7 +63,7 @@ def test_file_pipeline_writes_every_frame_and_matches_the_sequential_reference(m
         assert got.shape == SIZE and (got == ref).mean() > 0.999
         conf = cv2.imread(str(tmp_path / "conf" / f"{i:06d}.png"), cv2.IMREAD_UNCHANGED)
         assert conf.dtype == np.uint8 and conf.shape == SIZE and conf.min() >= 255 // 11
-    out = read_video(tmp_path / "out.mp4")
+    out = read_video_frames(tmp_path / "out.mp4")
     assert len(out) == 8 and out[0].shape == (*SIZE, 3)
 
 
@@ -70,7 +71,7 @@ def test_model_size_and_side_by_side_output(model, video, tmp_path):
     s = _run(model[0], video, [tmp_path / "both.avi", tmp_path / "frames/"], size=(32, 48), vis="both",
              labels_dir=tmp_path / "labels")
     assert s["model_input"] == [32, 48] and s["frame_size"] == list(SIZE)
-    out = read_video(tmp_path / "both.avi")
+    out = read_video_frames(tmp_path / "both.avi")
     assert len(out) == 8 and out[0].shape == (SIZE[0], 2 * SIZE[1], 3)
     assert len(list((tmp_path / "frames").glob("*.jpg"))) == 8
     assert cv2.imread(str(tmp_path / "labels" / "000000.png"), cv2.IMREAD_UNCHANGED).shape == SIZE  # full resolution
@@ -148,7 +149,7 @@ def test_network_stream_reconnects_with_backoff_then_ends_cleanly(model, frames,
     assert s["end"] == "source lost after 2 reconnect attempts" and s["reconnects"] == (3 if mode == "recover" else 2)
     first = s["frames"] - (16 if mode == "recover" else 0)
     assert 4 <= first < 16 and s["dropped"] == 0
-    assert len(read_video(tmp_path / "out.mp4")) == s["frames"]
+    assert len(read_video_frames(tmp_path / "out.mp4")) == s["frames"]
     assert elapsed < 15  # backoff 0.5 + 1 s, plus the 1 s read timeout of a stall
 
 
@@ -177,7 +178,7 @@ def test_signal_mid_run_stops_fast_and_leaves_a_playable_video(model, video, tmp
     assert elapsed < 1.5, f"took {elapsed:.2f} s to stop"
     s = json.loads(summary.read_text())
     assert s["end"] == ("terminated" if sig == signal.SIGTERM else "interrupted") and s["frames"] > 0
-    assert len(read_video(out)) == s["frames"]
+    assert len(read_video_frames(out)) == s["frames"]
     assert not list(tmp_path.glob(".*tmp*")) and "frames in" in stdout
 
 

@@ -41,17 +41,11 @@ def calibration_frames(clip: Path, folder: Path, n: int = CALIB_FRAMES) -> Path:
     import numpy as np
 
     from edgeseg.errors import EdgesegError
+    from edgeseg.runtime.sources import read_video_frames
 
     if folder.is_dir() and len(list(folder.glob("*.png"))) == n:
         return folder
-    cap = cv2.VideoCapture(str(clip))
-    frames = []
-    while True:
-        ok, f = cap.read()
-        if not ok:
-            break
-        frames.append(f)
-    cap.release()
+    frames = read_video_frames(clip)
     if len(frames) < n:
         raise EdgesegError(f"{clip}: {len(frames)} frames readable, the calibration needs {n}; reinstall edgeseg")
     tmp = folder.with_name(f".{folder.name}.tmp{os.getpid()}")

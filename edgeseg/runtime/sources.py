@@ -309,3 +309,16 @@ def open_source(uri: str, **kw) -> Source:
     """Open a source URI (see the module doc). kw: width, height, rate, loop, max_retries, timeout_s, stop."""
     spec = parse_source(uri, kw.get("width"), kw.get("height"), kw.get("rate"))
     return ImageSource(spec, **kw) if spec.kind == "images" else VideoSource(spec, **kw)
+
+
+def read_video_frames(path: str | os.PathLike) -> list[np.ndarray]:
+    """Every decodable frame of a video file (BGR), in order: for short clips that are used whole."""
+    cap = cv2.VideoCapture(str(path))
+    frames = []
+    while True:
+        ok, f = cap.read()
+        if not ok:
+            break
+        frames.append(f)
+    cap.release()
+    return frames
