@@ -47,7 +47,7 @@ def adaptive_avg_pool2d(x: torch.Tensor, bins: int) -> torch.Tensor:
 def _base_coords(n, align_corners: bool, like: torch.Tensor) -> torch.Tensor:
     pos = torch.arange(n, device=like.device).to(like.dtype)
     if align_corners:  # linspace(-1, 1, n); -1 when n == 1
-        return pos * (2.0 / torch.clamp(torch.as_tensor(n, device=like.device) - 1, min=1).to(like.dtype)) - 1.0
+        return pos * (2.0 / pos[-1:].clamp(min=1.0)) - 1.0  # pos[-1] = n - 1, read from the tensor: traces symbolically
     return (2.0 * pos + 1.0) / n - 1.0
 
 
