@@ -1,7 +1,7 @@
 """Streaming throughput and latency on this machine: inference alone vs the threaded pipeline vs a naive loop.
 
-On the demo clip (101 CamVid frames, 480x360) with an ONNX model: by default the shipped model's INT8 from
-`edgeseg demo`'s cache, else an SFNet-R18 with random weights exported here (needs torch). Rows:
+On the demo clip (101 CamVid frames, 480x360) with an ONNX model: by default the shipped model's INT8 as `edgeseg
+demo` runs it (its cached export, made now if the demo has not run). Rows:
 
   inference only          backend.infer on preprocessed frames, back to back
   sequential loop         read -> preprocess -> infer -> postprocess -> render -> write mp4, one frame at a time
@@ -25,7 +25,7 @@ import cv2
 import numpy as np
 import onnxruntime as ort
 
-from edgeseg.cli.demo import CLIP, cache_dir
+from edgeseg.cli.demo import CLIP, export_cached
 from edgeseg.meta import classes_of
 from edgeseg.runtime.backends import open_backend
 from edgeseg.runtime.pipeline import Pipeline
@@ -36,30 +36,11 @@ from edgeseg.runtime.sinks import VideoSink
 from edgeseg.runtime.sources import open_source
 
 
-def default_model(tmp: Path) -> tuple[Path, str]:
-    """The demo's INT8 export if `edgeseg demo` has run, else a random-weight SFNet-R18 exported now."""
-    found = sorted(cache_dir().glob("models/*/*/demo.int8.onnx"), key=lambda p: p.stat().st_mtime)
-    if found:
-        return found[-1], "shipped demo model, INT8 (edgeseg demo's export)"
-    import json
-
-    import onnx
-    import torch
-
-    from edgeseg.data import CAMVID
-    from edgeseg.meta import META_KEY, make_meta
-    from edgeseg.models import create
-
-    torch.manual_seed(0)
-    net = create("sfnet", 11).eval()
-    path = tmp / "sfnet-random.fp32.onnx"
-    torch.onnx.export(net, (torch.zeros(1, 3, 360, 480),), str(path), dynamo=False, opset_version=17, input_names=["images"],
-                      output_names=["logits"], dynamic_axes={"images": {0: "N", 2: "H", 3: "W"}, "logits": {0: "N", 2: "H", 3: "W"}})
-    proto = onnx.load(str(path))
-    entry = proto.metadata_props.add()
-    entry.key, entry.value = META_KEY, json.dumps(make_meta("sfnet", CAMVID))
-    onnx.save(proto, str(path))
-    return path, "SFNet-R18 with random weights, fp32 (no demo export in the cache)"
+def default_model() -> tuple[Path, str]:
+    """The INT8 model `edgeseg demo` runs (its cached export; made now if the demo has not run)."""
+    paths, report = export_cached("demo", ("fp32", "int8"))
+    graph = "FlowWarp op" if report.get("flowwarp") else "GridSample"
+    return paths["int8"], f"shipped demo model, INT8 as `edgeseg demo` runs it (warps: {graph})"
 
 
 def inference_only(backend, frames: list[np.ndarray], size) -> dict:
@@ -139,7 +120,7 @@ def main() -> int:
     args = ap.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
-        model, what = (args.model, str(args.model)) if args.model else default_model(tmp)
+        model, what = (args.model, str(args.model)) if args.model else default_model()
         backend = open_backend(model, "ort-cpu", args.threads)
         src = open_source(args.source)
         frames = [f.copy() for f, _ in iter(src.read, None)]

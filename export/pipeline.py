@@ -92,16 +92,20 @@ def export_model(model: str | os.PathLike, out_dir: str | os.PathLike, precision
 
 
 def _cache_key(sha: str, opts: ExportOptions) -> str:
-    blob = json.dumps({"sha256": sha, "edgeseg": __version__, "passes": _passes_sha(), **asdict(opts)}, sort_keys=True,
+    blob = json.dumps({"sha256": sha, "edgeseg": __version__, "code": _code_sha(), **asdict(opts)}, sort_keys=True,
                       default=str)
     return hashlib.sha256(blob.encode()).hexdigest()
 
 
-def _passes_sha() -> str:
-    """Hash of the export stage's own code: a change to a pass invalidates what earlier code exported."""
+def _code_sha() -> str:
+    """Hash of the code that decides the exported graph (the export stage and the model definitions): a change to a
+    pass or a layer invalidates what earlier code exported."""
+    from edgeseg import models
+
     h = hashlib.sha256()
-    for f in sorted(Path(__file__).parent.glob("*.py")):
-        h.update(f.read_bytes())
+    for folder in (Path(__file__).parent, Path(models.__file__).parent):
+        for f in sorted(folder.rglob("*.py")):
+            h.update(f.read_bytes())
     return h.hexdigest()
 
 

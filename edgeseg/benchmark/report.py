@@ -105,11 +105,11 @@ def plot(path: Path, rows: list[dict], title: str) -> None:
     models = sorted({p["model"] for p in pts})
     colours = {m: plt.cm.tab10(i % 10) for i, m in enumerate(models)}
     fig, (ax, strip) = plt.subplots(2, 1, figsize=(8, 7), sharex=True, gridspec_kw={"height_ratios": [3, 1.4]})
-    for p in scored:
+    for i, p in enumerate(sorted(scored, key=lambda p: p["latency_median_ms"])):
         ax.scatter(p["latency_median_ms"], 100 * p["miou"], marker=markers.get(p["precision"], "o"), s=60,
                    color=colours[p["model"]], zorder=3)
         ax.annotate(f"{p['model']} {p['precision']} ({p['runtime']})", (p["latency_median_ms"], 100 * p["miou"]),
-                    textcoords="offset points", xytext=(6, 4), fontsize=8)
+                    textcoords="offset points", xytext=(6, 6 if i % 2 == 0 else -14), fontsize=8)  # neighbours alternate
     if scored:
         front = [scored[i] for i in pareto_front([(p["latency_median_ms"], p["miou"]) for p in scored])]
         ax.step([p["latency_median_ms"] for p in front], [100 * p["miou"] for p in front], where="post", color="0.3",
