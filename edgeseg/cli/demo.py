@@ -145,7 +145,7 @@ def warp_note(report: dict, fp32: Path) -> str | None:
         return "Flow warps: the edgeseg::FlowWarp CPU op."
     if find_library("ort") is None and any(n.op_type == "GridSample" for n in onnx.load(str(fp32)).graph.node):
         return ("Flow warps: ONNX GridSample; `edgeseg kernels build` builds the FlowWarp CPU op, which the next run "
-                "uses (INT8 about 20 % faster on 2 cores).")
+                "uses (INT8 about 30 % faster on 2 cores).")
     return None
 
 
