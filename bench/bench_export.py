@@ -3,8 +3,9 @@
 For each model (a checkpoint or shipped name; default `demo`), exports through `edgeseg.export.export_model`
 (cached in --work), measures mIoU on CamVid val through the same evaluation as `edgeseg eval`, then times
 every form on one CamVid val frame at 360x480 (--threads intra-op threads; median and p90 of at least --runs
-runs after --warmup, taken in turns of a few runs per form so that load from other processes hits all alike). INT8 comes in its two Q/DQ forms: `tensorrt` (what TensorRT >= 10 builds from) and `cpu` (what
-ONNX Runtime on x86 runs fastest). `--int8-variants` adds the quantization settings that were compared to
+runs after --warmup, taken in turns of a few runs per form so that load from other processes hits all alike).
+INT8 comes in its two Q/DQ forms: `tensorrt` (what TensorRT >= 10 builds from) and `cpu` (what ONNX Runtime on
+x86 runs fastest). `--int8-variants` adds the quantization settings that were compared to
 choose the cpu form. Prints Markdown; `--out FILE` also writes it with the machine's details.
 
     python bench/bench_export.py [--model demo] [--threads 2] [--runs 20] [--int8-variants] [--out FILE]

@@ -30,13 +30,13 @@ def noise_images(cache: Path, n: int = 4) -> Path:
 
 def onnx_file(src: Source, precision: str, target: str, data: Path | None, eval_limit: int | None, cache: Path) -> dict[str, Path]:
     """The validated ONNX of this precision (target: the int8 placement, "cpu" or "tensorrt") by graph kind: "plain",
-    and where the CPU op is built and the model has flow warps, "flowwarp-plugin" (the edgeseg::FlowWarp op in their
+    and where `prefer_ort_cpu_op` and the model has flow warps, "flowwarp-plugin" (the edgeseg::FlowWarp op in their
     place)."""
     from edgeseg.export.pipeline import export_model
-    from edgeseg.kernels import find_library
+    from edgeseg.kernels import prefer_ort_cpu_op
 
     folder = cache / "onnx" / src.checkpoint.stem / (f"{precision}-{target}" if precision == "int8" else precision)
-    options = {"int8_target": target, "name": src.name, "flowwarp_plugin": "auto" if find_library("ort") else False}
+    options = {"int8_target": target, "name": src.name, "flowwarp_plugin": "auto" if prefer_ort_cpu_op() else False}
     if data is not None:
         options.update(data=str(data), guard=src.trained, guard_images=eval_limit)
     else:
@@ -47,11 +47,8 @@ def onnx_file(src: Source, precision: str, target: str, data: Path | None, eval_
 
 
 def graph_for(backend: str, graphs: dict[str, Path]) -> str:
-    """The graph a row runs: the FlowWarp one on ONNX Runtime where `prefer_ort_cpu_op` (OpenCV and TensorRT parse
-    GridSample)."""
-    from edgeseg.kernels import prefer_ort_cpu_op
-
-    return "flowwarp-plugin" if backend == "ort" and "flowwarp-plugin" in graphs and prefer_ort_cpu_op() else "plain"
+    """The graph a row runs: the FlowWarp one on ONNX Runtime where it was made (OpenCV and TensorRT parse GridSample)."""
+    return "flowwarp-plugin" if backend == "ort" and "flowwarp-plugin" in graphs else "plain"
 
 
 def engine_file(onnx_path: Path, size: tuple[int, int], batch: int, cache: Path) -> Path:
