@@ -2,45 +2,13 @@
 from __future__ import annotations
 
 import torch
-import torch.nn as nn
+from torch import nn
 
+from edgeseg.models.aspp import ASPP, SepConvBNReLU
 from edgeseg.models.backbones import create_backbone
 from edgeseg.models.base import SegModel
 from edgeseg.models.layers import ConvBNReLU, resize_to
 from edgeseg.models.registry import register
-
-
-class SepConvBNReLU(nn.Sequential):
-    """3x3 depthwise (atrous) conv + 1x1 pointwise conv, each with BN and ReLU."""
-
-    def __init__(self, cin: int, cout: int, dilation: int = 1):
-        super().__init__(ConvBNReLU(cin, cin, 3, dilation=dilation, groups=cin), ConvBNReLU(cin, cout, 1))
-
-
-class ImagePool(nn.Module):
-    """Global context: mean over H and W, 1x1 conv, broadcast back to H x W (both follow the input size).
-
-    No BatchNorm here: on a 1x1 map it fails in training with batch size 1.
-    """
-
-    def __init__(self, cin: int, cout: int):
-        super().__init__()
-        self.conv = nn.Conv2d(cin, cout, 1)
-
-    def forward(self, x):
-        p = torch.relu(self.conv(x.mean(dim=(2, 3), keepdim=True)))
-        return p.expand(-1, -1, x.shape[2], x.shape[3])
-
-
-class ASPP(nn.Module):
-    def __init__(self, cin: int, dim: int, rates):
-        super().__init__()
-        self.branches = nn.ModuleList([ConvBNReLU(cin, dim, 1)] + [SepConvBNReLU(cin, dim, r) for r in rates]
-                                      + [ImagePool(cin, dim)])
-        self.project = nn.Sequential(ConvBNReLU(len(self.branches) * dim, dim, 1), nn.Dropout2d(0.1))
-
-    def forward(self, x):
-        return self.project(torch.cat([b(x) for b in self.branches], 1))
 
 
 class DeepLabV3PlusDecoder(nn.Module):
