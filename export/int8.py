@@ -28,10 +28,12 @@ from tqdm import tqdm
 
 from edgeseg.errors import EdgesegError
 from edgeseg.export.graph import shape_derived
-from edgeseg.export.validate import OrtPredictor, fit_size, model_input
+from edgeseg.export.validate import OrtPredictor, model_input
+from edgeseg.sizes import fit
 
 CALIB_METHODS = ("minmax", "entropy", "percentile")
 TARGETS = ("tensorrt", "cpu")
+TARGET_CHOICES = ("auto", *TARGETS)
 QUANTIZED_OPS = ("Conv", "MatMul", "Gemm")
 
 
@@ -49,6 +51,23 @@ class QuantConfig:
             raise EdgesegError(f"unknown int8 target {self.target!r}; use one of: {', '.join(TARGETS)}")
         if not 90.0 <= self.percentile <= 100.0:
             raise EdgesegError(f"calibration percentile {self.percentile} is out of range; use 90..100 (e.g. 99.99)")
+
+
+def resolve_target(requested: str) -> tuple[str, str]:
+    """(the Q/DQ form to write, why): `auto` picks the form for what will run the model here."""
+    if requested not in TARGET_CHOICES:
+        raise EdgesegError(f"unknown int8 target {requested!r}; use one of: {', '.join(TARGET_CHOICES)}")
+    if requested != "auto":
+        return requested, "as requested"
+    try:  # a wheel without NVIDIA's libraries installs but fails to import: that is no TensorRT
+        import tensorrt  # noqa: F401
+        have_trt = True
+    except Exception:
+        have_trt = False
+    if have_trt:
+        return "tensorrt", "auto: TensorRT is importable, so the symmetric int8 form TensorRT >= 10 builds from"
+    return "cpu", ("auto: TensorRT is not importable here, so the form ONNX Runtime CPU runs fastest (1.8-3.8x the "
+                   "tensorrt form's speed there); pass --int8-target tensorrt to build engines elsewhere")
 
 
 class CalibrationImages:
@@ -77,7 +96,7 @@ class CalibrationImages:
         if i is None:
             return None
         img = self.images[i]
-        size = fit_size(*img.shape[:2], self.meta["input"]["size_divisor"])
+        size = fit(img.shape[:2], self.meta["input"]["size_divisor"])
         return {self.input_name: model_input([img], size, self.meta)}
 
     def rewind(self) -> None:
@@ -234,7 +253,7 @@ def sensitivity(fp32: Path, images: CalibrationImages, cfg: QuantConfig, cache: 
     nodes = quantizable_nodes(model)
     ref = OrtPredictor(fp32)
     probes = [images.images[i] for i in range(min(probe, len(images)))]
-    feeds = [model_input([img], fit_size(*img.shape[:2], images.meta["input"]["size_divisor"]), images.meta) for img in probes]
+    feeds = [model_input([img], fit(img.shape[:2], images.meta["input"]["size_divisor"]), images.meta) for img in probes]
     want = [ref(x) for x in feeds]
     out = []
     for name in tqdm(nodes, desc="int8 sensitivity", unit="layer", disable=not progress, leave=False):

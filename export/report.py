@@ -1,13 +1,15 @@
 """report.json -> report.md: what was written, how each step validated, accuracy per precision, INT8 settings."""
 from __future__ import annotations
 
+from edgeseg.export.validate import shown
+
 
 def _pct(x) -> str:
-    return "–" if x is None else f"{100 * x:.2f}"
+    return "–" if x is None else shown("agreement", x)
 
 
 def _sci(x) -> str:
-    return "–" if x is None else f"{x:.2e}"
+    return "–" if x is None else shown("abs", x)
 
 
 def to_markdown(rep: dict) -> str:
@@ -32,8 +34,18 @@ def to_markdown(rep: dict) -> str:
             for r in v["sizes"]:
                 lines.append(f"| {key} | {v['reference']} | {r['size'][0]}x{r['size'][1]} | {r['batch']} | "
                              f"{_sci(r.get('max_abs_diff'))} | {_pct(r['argmax_agreement'])} | {v['limit']} | "
-                             f"{'pass' if v['passed'] else 'FAIL'} |")
+                             f"{'pass' if r.get('passed', v['passed']) else 'FAIL'} |")
         lines.append("")
+    failed = {k: v for k, v in rep.get("passes", {}).items() if v.get("status") == "failed"}
+    failed_checks = {k: v["why"] for k, v in checks.items() if not v["passed"] and v.get("why")}
+    if failed or failed_checks:
+        lines += ["## What failed (not published)", ""]
+        lines += [f"- {k}: {why}" for k, why in failed_checks.items()]
+        lines += [f"- pass {k}: {v['why']}" for k, v in failed.items() if v.get("why")]
+        lines.append("")
+    skipped = {k: v for k, v in rep.get("passes", {}).items() if v.get("status") == "skipped"}
+    if skipped:
+        lines += ["- skipped: " + "; ".join(f"{k} ({v['why']})" for k, v in skipped.items()), ""]
     metrics = rep.get("metrics", {})
     if metrics:
         lines += [f"## Accuracy on {rep.get('guard', {}).get('split', 'the held-out split')}", "",
@@ -44,16 +56,17 @@ def to_markdown(rep: dict) -> str:
     q = rep.get("int8")
     if q:
         c = q["calibration"]
-        lines += ["## INT8", "",
+        t = q.get("target")
+        lines += ["## INT8", ""] + ([f"- Q/DQ form chosen: **{t['form']}** ({t['why']})"] if t else []) + [
                   f"- calibration: {c['images']} images from `{c['folder']}`, method {c['method']}"
                   + (f" ({c['percentile']} percentile)" if "percentile" in c else "")
                   + f", sizes {', '.join(f'{h}x{w}' for h, w in c['sizes'])}",
-                  f"- Q/DQ form: {c['target']} (per-channel weights: {c['per_channel_weights']}); "
-                  f"kept in float by design: the pooling products {', '.join(q['float_by_design']) or '(none)'} and "
-                  f"{q.get('size_dependent_float', 0)} nodes of size-dependent arithmetic (flow-warp grids, index maths)"]
+                  (f"- Q/DQ form: {c['target']} (per-channel weights: {c['per_channel_weights']}); "
+                   f"kept in float by design: the pooling products {', '.join(q['float_by_design']) or '(none)'} and "
+                   f"{q.get('size_dependent_float', 0)} nodes of size-dependent arithmetic (flow-warp grids, index maths)")]
         g = q.get("guard")
         if g:
-            lines.append(f"- guard: fp32 {_pct(g['fp32_miou'])} → int8 {_pct(g['int8_miou'])} mIoU "
+            lines.append(f"- guard (decides int8): fp32 {_pct(g['fp32_miou'])} → int8 {_pct(g['int8_miou'])} mIoU "
                          f"(loss {g['loss_points']:.2f} points, limit {g['max_loss']})")
             lines.append(f"- layers left in float by the guard ({len(g['float_nodes'])}): "
                          + (", ".join(f"`{n}`" for n in g["float_nodes"]) or "none"))

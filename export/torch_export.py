@@ -3,12 +3,14 @@ that runtimes compute slowly, export, simplification."""
 from __future__ import annotations
 
 import copy
+import hashlib
 import io
 import warnings
 
 import onnx
 import torch
 import torch.nn as nn
+import torch.nn.functional as F
 
 from edgeseg.errors import EdgesegError
 from edgeseg.export.graph import IR_VERSION, check_opset
@@ -40,6 +42,76 @@ class Deployable(nn.Module):
             x = (x.float() * self.scale + self.shift).flip(-1).permute(0, 3, 1, 2)
         out = self.model(x)
         return out.argmax(1).to(torch.int32) if self.head == "argmax" else out
+
+
+def select_output(out, output=None, source: str = "the model"):
+    """The score tensor of a model's output: a tensor; a dict by key, an object by attribute, a tuple by index.
+
+    output=None takes a tensor as it is, `logits` from a dict or an object (what transformers models return), the
+    first item of a tuple or list.
+    """
+    if isinstance(out, torch.Tensor) and output is None:
+        return out
+    try:
+        if output is None:
+            if isinstance(out, (tuple, list)):
+                got = out[0]
+            elif isinstance(out, dict):
+                got = out["logits"]
+            else:
+                got = out.logits
+        elif isinstance(out, dict) or (isinstance(output, str) and hasattr(out, "keys")):
+            got = out[output]
+        elif isinstance(output, str):
+            got = getattr(out, output)
+        else:
+            got = out[output]
+    except (KeyError, IndexError, AttributeError, TypeError):
+        keys = list(out.keys()) if hasattr(out, "keys") else f"a {type(out).__name__}"
+        raise EdgesegError(f"{source} returns {keys}: cannot take output {output!r} from it; pass output= with the "
+                           f"key, attribute or index of the per-class scores") from None
+    if not isinstance(got, torch.Tensor) or got.dim() != 4:
+        what = list(got.shape) if isinstance(got, torch.Tensor) else type(got).__name__
+        raise EdgesegError(f"{source}: output {output!r} is {what}, not per-class scores [N,C,H,W]; pass output= with "
+                           f"the key, attribute or index of the scores")
+    return got
+
+
+class Scores(nn.Module):
+    """Any module mapping images [N,3,H,W] to per-class scores, as an edgeseg model: the scores tensor selected from
+    its output (see select_output) and, with `resize`, upsampled in the graph (bilinear) to the input size."""
+
+    def __init__(self, module: nn.Module, num_classes: int, output=None, resize: bool = False, arch: str | None = None):
+        super().__init__()
+        self.module, self.num_classes, self.output, self.resize = module, num_classes, output, resize
+        self.arch = arch or type(module).__name__
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = select_output(self.module(x), self.output, self.arch)
+        return F.interpolate(y, size=x.shape[-2:], mode="bilinear", align_corners=False) if self.resize else y
+
+
+def output_stride(module: nn.Module, hw: tuple[int, int], output=None) -> tuple[int, int]:
+    """(classes, stride) of a module's scores for an input of size hw: stride 4 for SegFormer's 1/4 logits."""
+    h, w = hw
+    with torch.inference_mode():
+        y = select_output(module(torch.zeros(1, 3, h, w)), output, type(module).__name__)
+    oh, ow = y.shape[-2:]
+    stride = h // oh if oh else 0
+    if not oh or h != stride * oh or w != stride * ow:
+        raise EdgesegError(f"{type(module).__name__}: scores at {oh}x{ow} for a {h}x{w} input are not at 1/k of its "
+                           f"resolution; pass resize_output=True to upsample them in the graph")
+    return int(y.shape[1]), stride
+
+
+def module_sha(module: nn.Module) -> str:
+    """A digest of a module's class and weights (the cache key of an export from a module)."""
+    h = hashlib.sha256(f"{type(module).__module__}.{type(module).__qualname__}".encode())
+    for name, t in module.state_dict().items():
+        h.update(name.encode())
+        h.update(t.detach().cpu().contiguous().numpy().tobytes() if t.dtype != torch.bfloat16
+                 else t.float().numpy().tobytes())
+    return h.hexdigest()
 
 
 THIN = 4  # 3x3 convolutions with at most this many outputs are exported through `TapSplitConv`

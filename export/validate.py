@@ -1,6 +1,7 @@
 """Every export step checked against the step before it: real images, several sizes, ONNX Runtime on the CPU."""
 from __future__ import annotations
 
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Callable, Sequence
 
@@ -13,12 +14,57 @@ from edgeseg.errors import EdgesegError
 from edgeseg.evaluate import evaluate
 from edgeseg.meta import classes_of
 
-FP32_MAX_ABS = 1e-3  # ONNX Runtime fp32 vs PyTorch
-MIN_AGREEMENT = 0.999  # fraction of pixels with the same argmax
-PLUGIN_MAX_ABS = 1e-4  # FlowWarp plugin graph vs the graph it was rewritten from
-# fp16 / int8 plugin graphs: a last-bit difference in a warped value can move a rounding or quantization step
-PLUGIN_MIN_AGREEMENT = 0.995
-INT8_MIN_AGREEMENT = 0.95  # int8 vs fp32 at every size; below it the Q/DQ graph is broken, not merely rounded
+
+@dataclass(frozen=True)
+class Gates:
+    """The limits every export step is held to, in one place (each settable from `edgeseg export`).
+
+    Agreement is the fraction of pixels whose argmax equals the reference's, at the worst validation size.
+    A result passes when its value, rounded as the report prints it (`shown`), meets the limit.
+    """
+    fp32_max_abs: float = field(default=1e-3, metadata={"help": "most |logit difference| of fp32 ONNX against the "
+                                                                 "reference (PyTorch, or the source ONNX)"})
+    fp32_agreement: float = field(default=0.999, metadata={"help": "least fp32 argmax agreement with the reference"})
+    fp16_agreement: float = field(default=0.99, metadata={"help": "least fp16 argmax agreement with fp32; below it "
+                                                                  "the conversion is broken, not merely rounded"})
+    int8_agreement: float = field(default=0.95, metadata={"help": "least int8 argmax agreement with fp32 when no mIoU "
+                                                                  "was measured (with the guard, mIoU decides)"})
+    int8_max_loss: float = field(default=0.5, metadata={"help": "most mIoU points int8 may lose against fp32 on the "
+                                                                "guard split (the guard keeps layers in float until "
+                                                                "it does not)"})
+    plugin_max_abs: float = field(default=1e-4, metadata={"help": "most |logit difference| of an fp32 FlowWarp graph "
+                                                                  "against the graph it was rewritten from"})
+    # fp16 / int8 FlowWarp graphs: a last-bit difference in a warped value can move a rounding or quantization step
+    plugin_agreement: float = field(default=0.995, metadata={"help": "least argmax agreement of an fp16 / int8 "
+                                                                     "FlowWarp graph with the graph it came from"})
+
+    def __post_init__(self):
+        for f in fields(self):
+            v = getattr(self, f.name)
+            if f.name.endswith("agreement") and not 0.0 <= v <= 1.0:
+                raise EdgesegError(f"gate {f.name}={v}: an agreement is a fraction 0..1 (e.g. 0.95)")
+
+    @classmethod
+    def of(cls, value) -> "Gates":
+        """Gates from Gates, a dict of its fields, or None (the defaults)."""
+        if value is None or isinstance(value, cls):
+            return value or cls()
+        unknown = set(value) - {f.name for f in fields(cls)}
+        if unknown:
+            raise EdgesegError(f"unknown gate {sorted(unknown)[0]!r}; gates are {', '.join(f.name for f in fields(cls))}")
+        return cls(**value)
+
+
+def shown(kind: str, x: float) -> str:
+    """How the report prints a measured value; the gates compare this rounded value, so a printed pass is a pass."""
+    return f"{100 * x:.2f}" if kind == "agreement" else f"{x:.2e}"
+
+
+def within(kind: str, x: float, limit: float) -> bool:
+    """Does x (printed as `shown`) meet the limit: agreement >= limit, difference <= limit."""
+    if kind == "agreement":
+        return float(shown(kind, x)) >= round(100 * limit, 2)
+    return float(shown(kind, x)) <= limit
 
 
 def image_files(folder: str | Path, split: str | None = None) -> list[Path]:
@@ -44,10 +90,6 @@ def pick(files: Sequence[Path], n: int) -> list[Path]:
     return [files[i] for i in np.linspace(0, len(files) - 1, n).round().astype(int)]
 
 
-def fit_size(h: int, w: int, divisor: int) -> tuple[int, int]:
-    return max(divisor, round(h / divisor) * divisor), max(divisor, round(w / divisor) * divisor)
-
-
 def model_input(images_rgb: Sequence[np.ndarray], size: tuple[int, int], meta: dict) -> np.ndarray:
     """A batch in the model's input form (metadata `input`): normalised float RGB NCHW, or uint8 BGR NHWC."""
     h, w = size
@@ -58,25 +100,13 @@ def model_input(images_rgb: Sequence[np.ndarray], size: tuple[int, int], meta: d
     return np.stack([normalize(r, spec["mean"], spec["std"]) for r in resized])
 
 
-def ort_session(model, threads: int | None = None):
-    """An ONNX Runtime CPU session for a path or serialized bytes; the FlowWarp op library registered when used."""
-    import onnxruntime as ort
-
-    from edgeseg.kernels import ort_session_options_for
-
-    so = ort_session_options_for(model, threads)
-    try:
-        return ort.InferenceSession(str(model) if isinstance(model, Path) else model, so, providers=["CPUExecutionProvider"])
-    except Exception as e:  # onnxruntime raises its own Fail / InvalidGraph / RuntimeException types
-        name = model if isinstance(model, (str, Path)) else "the model"
-        raise EdgesegError(f"{name}: ONNX Runtime cannot load it ({str(e).strip().splitlines()[0][:200]})") from None
-
-
 class OrtPredictor:
     """numpy batch in, first output out."""
 
     def __init__(self, model, threads: int | None = None):
-        self.session = ort_session(model, threads)
+        from edgeseg.runtime.backends.ort import ort_session
+
+        self.session = ort_session(model, threads=threads)
         self.input = self.session.get_inputs()[0].name
 
     def __call__(self, x: np.ndarray) -> np.ndarray:
@@ -102,6 +132,21 @@ def compare(reference: Callable, candidate: Callable, images: Sequence[np.ndarra
             row["max_abs_diff"] = float(np.abs(a.astype(np.float32) - b.astype(np.float32)).max())
         rows.append(row)
     return rows
+
+
+def judge(rows: list[dict], *, max_abs: float | None = None, min_agree: float | None = None) -> tuple[bool, str]:
+    """Mark each size's row passed or not against the limits (as printed, see `within`); (all passed, limits text)."""
+    limits = []
+    if max_abs is not None and all("max_abs_diff" in r for r in rows):
+        limits.append(f"max abs diff <= {max_abs:g}")
+    else:
+        max_abs = None  # an argmax head has no scores to compare
+    if min_agree is not None:
+        limits.append(f"argmax agreement >= {shown('agreement', min_agree)}%")
+    for r in rows:
+        r["passed"] = ((max_abs is None or within("abs", r["max_abs_diff"], max_abs))
+                       and (min_agree is None or within("agreement", r["argmax_agreement"], min_agree)))
+    return all(r["passed"] for r in rows), ", ".join(limits) or "report only"
 
 
 def worst(rows: list[dict]) -> dict:

@@ -24,9 +24,9 @@ from edgeseg.export.graph import get_meta, load, op_counts
 from edgeseg.export.int8 import (CalibrationImages, QuantConfig, guarded_quantize, qdq_summary, quantizable_nodes, quantize,
                                  size_dependent_nodes)
 from edgeseg.export.torch_export import Deployable, example_input, export_onnx, split_thin_convs
-from edgeseg.export.validate import OrtPredictor, image_files, model_input
+from edgeseg.export.validate import Gates, OrtPredictor, image_files, model_input
 from edgeseg.fileio import sha256_file
-from edgeseg.kernels import find_library, ort_session_options_for
+from edgeseg.kernels import find_library, register_ort_ops
 from edgeseg.meta import META_KEY, parse_meta
 from edgeseg.models import available, checkpoint, create
 
@@ -234,7 +234,8 @@ def test_int8_cpu_form_keeps_size_dependent_arithmetic_float(tiny_camvid, tmp_pa
 
 def ort_optimized(path) -> onnx.ModelProto:
     """The graph as ONNX Runtime's CPU provider runs it after all its optimisations."""
-    so = ort_session_options_for(path)
+    so = ort.SessionOptions()
+    register_ort_ops(so)
     so.optimized_model_filepath = str(Path(path).with_suffix(".optimized.onnx"))
     so.log_severity_level = 3  # its warning that the saved graph is tied to this CPU is known
     ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"])
@@ -467,17 +468,15 @@ def test_bad_calibration_folders_leave_no_output(sfnet_ckpt, tiny_camvid, tmp_pa
     assert _no_onnx(out)
 
 
-def test_failed_validation_keeps_previous_outputs(sfnet_ckpt, tiny_camvid, tmp_path, monkeypatch):
+def test_failed_validation_keeps_previous_outputs(sfnet_ckpt, tiny_camvid, tmp_path):
     """A later export that fails validation leaves the last good files and says why in the report."""
     good = export_model(sfnet_ckpt, tmp_path, ("fp32",), data=str(tiny_camvid), sizes=SIZES[:1], guard=False,
                         validate_images=1, progress=False)
     before = Path(good["outputs"]["fp32"]["path"]).read_bytes()
-    from edgeseg.export import validate
-
-    monkeypatch.setattr(validate, "FP32_MAX_ABS", -1.0)  # an impossible limit: every export now fails validation
+    impossible = Gates(fp32_max_abs=-1.0)  # every export now fails validation
     with pytest.raises(EdgesegError, match="fp32 validation failed against pytorch"):
         export_model(sfnet_ckpt, tmp_path, ("fp32",), data=str(tiny_camvid), sizes=SIZES[1:2], guard=False,
-                     validate_images=1, progress=False)
+                     validate_images=1, gates=impossible, progress=False)
     assert Path(good["outputs"]["fp32"]["path"]).read_bytes() == before
     rep = json.loads((tmp_path / "report.json").read_text())
     assert rep["status"] == "failed" and rep["validation"]["fp32"]["passed"] is False

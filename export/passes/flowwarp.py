@@ -1,0 +1,31 @@
+"""Each flow-warp subgraph of every validated graph -> one edgeseg::FlowWarp node (see edgeseg.export.flowwarp)."""
+from __future__ import annotations
+
+from edgeseg.export.passes.base import Output, Pass
+
+
+class FlowWarp(Pass):
+    name = "flowwarp"
+
+    def wanted(self, opts) -> bool:
+        return bool(opts.flowwarp_plugin)
+
+    def skip_reason(self, ctx) -> str | None:
+        if ctx.o.flowwarp_plugin == "auto" and not any(n.op_type == "GridSample" for n in ctx.models["fp32"].graph.node):
+            return "auto: the model has no GridSample"
+        return None
+
+    def apply(self, ctx) -> list[Output]:
+        from edgeseg.export.flowwarp import fuse_flowwarp
+
+        ctx.rep["flowwarp"] = {}
+        out = []
+        for key in [k for k in ("fp32", "fp16", "int8") if k in ctx.models]:
+            ctx.log(f"{key}: GridSample -> edgeseg::FlowWarp")
+            model, info = fuse_flowwarp(ctx.models[key])
+            ctx.rep["flowwarp"][key] = info
+            if key == "fp32":
+                out.append(Output(f"{key}-flowwarp", model, key, key, max_abs=ctx.gates.plugin_max_abs))
+            else:  # compare decisions, report the difference
+                out.append(Output(f"{key}-flowwarp", model, key, key, min_agree=ctx.gates.plugin_agreement))
+        return out

@@ -1,0 +1,175 @@
+"""What an export starts from: a checkpoint, any torch module, or an ONNX file; each gives the export its
+metadata, the fp32 graph and the reference that graph is validated against (PyTorch, or ONNX Runtime on the source)."""
+from __future__ import annotations
+
+import os
+import tempfile
+from pathlib import Path
+
+from edgeseg.errors import EdgesegError
+from edgeseg.meta import IMAGENET_MEAN, IMAGENET_STD, make_meta
+from edgeseg.sizes import fit
+
+
+class Source:
+    kind = ""
+    name: str
+    path: str  # what the report names as the source
+    sha: str
+    arch: str
+    classes = None  # ClassInfo
+    mean, std = IMAGENET_MEAN, IMAGENET_STD
+    divisor = 1
+    key_extra: dict = {}  # besides sha: what else decides the graph (the cache key)
+
+    def meta(self, opts) -> dict:
+        fused = opts.fused_preprocess
+        return make_meta(self.arch, self.classes, size_divisor=self.divisor, mean=self.mean, std=self.std,
+                         head=opts.head, layout="NHWC" if fused else "NCHW", color="BGR" if fused else "RGB",
+                         dtype="uint8" if fused else "float32", source_sha256=self.sha, **self._meta_extra())
+
+    def _meta_extra(self) -> dict:
+        return {}
+
+    def fp32(self, opts, size: tuple[int, int]):
+        """(fp32 onnx.ModelProto, reference predictor on numpy batches, reference name)."""
+        raise NotImplementedError
+
+
+class _Torch(Source):
+    """A torch module as deployed (Deployable): exported with the TorchScript exporter, validated against itself."""
+    net = None
+
+    def fp32(self, opts, size):
+        import torch
+
+        from edgeseg.export.torch_export import Deployable, example_input, export_onnx, split_thin_convs
+
+        wrapper = Deployable(self.net, opts.head, opts.fused_preprocess, self.mean, self.std)
+        model = export_onnx(Deployable(split_thin_convs(self.net), opts.head, opts.fused_preprocess, self.mean, self.std),
+                            example_input(*size, opts.fused_preprocess), opts.opset)
+
+        @torch.inference_mode()
+        def reference(x):  # the model as trained
+            return wrapper(torch.from_numpy(x)).numpy()
+        return model, reference, "pytorch"
+
+
+class CheckpointSource(_Torch):
+    kind = "checkpoint"
+
+    def __init__(self, model: str):
+        from edgeseg.fileio import sha256_file
+        from edgeseg.models import checkpoint
+
+        src = checkpoint.resolve(model)
+        self.net, self.rec = checkpoint.load_model(str(src))
+        self.path, self.sha, self.arch = str(src), sha256_file(src), self.rec["arch"]
+        self.name = model if model in checkpoint.SHIPPED else src.stem
+        self.classes = checkpoint.classes_of(self.rec)
+        self.mean, self.std = self.rec["mean"], self.rec["std"]
+        self.divisor = getattr(self.net, "size_divisor", 1)
+
+    def _meta_extra(self) -> dict:
+        return {"metrics": self.rec.get("metrics") or {}, "train_size": self.rec.get("train_size")}
+
+
+def _class_info(classes):
+    from edgeseg.data.classes import ClassInfo
+
+    if isinstance(classes, ClassInfo):
+        return classes
+    if isinstance(classes, (str, os.PathLike)):
+        return ClassInfo.load(classes)
+    raise EdgesegError("classes= is required with a module or a foreign ONNX file: a classes.json path or an "
+                       "edgeseg.data.classes.ClassInfo")
+
+
+class ModuleSource(_Torch):
+    """Any nn.Module mapping normalised images to per-class scores (see torch_export.Scores)."""
+    kind = "module"
+
+    def __init__(self, module, opts, *, classes, mean, std, output, resize_output: bool):
+        from edgeseg.export.torch_export import Scores, module_sha, output_stride
+
+        module.eval()
+        self.classes = _class_info(classes)
+        self.mean, self.std = tuple(mean or IMAGENET_MEAN), tuple(std or IMAGENET_STD)
+        self.arch = type(module).__name__
+        self.name = opts.name or self.arch.lower()
+        self.path, self.sha = f"<{type(module).__module__}.{type(module).__qualname__}>", module_sha(module)
+        self.divisor = int(getattr(module, "size_divisor", 1) or 1)
+        n, self.stride = output_stride(module, fit(opts.sizes[0], self.divisor), output)
+        if n != self.classes.num_classes:
+            raise EdgesegError(f"{self.arch} outputs {n} class scores but classes= names {self.classes.num_classes} "
+                               f"classes; pass the classes the model was trained on")
+        resize = bool(resize_output) and self.stride != 1
+        self.net = Scores(module, n, output, resize, self.arch)
+        self.key_extra = {"output": repr(output), "resize_output": resize, "mean": list(self.mean), "std": list(self.std),
+                          "classes": self.classes.to_dict()}
+
+    def meta(self, opts) -> dict:
+        meta = super().meta(opts)
+        if self.stride != 1 and not self.net.resize and opts.head == "logits":
+            meta["output_stride"] = self.stride  # scores at 1/stride of the input: the runtime upsamples them
+        elif self.stride != 1 and not self.net.resize:
+            raise EdgesegError(f"{self.arch}: an argmax head at 1/{self.stride} resolution would lose the upsampling; "
+                               f"pass resize_output=True")
+        return meta
+
+
+class OnnxSource(Source):
+    """An ONNX file: with edgeseg's metadata as it is, else adopted first (edgeseg.export.adopt: metadata, dynamic
+    H/W); ONNX Runtime on the original file is the reference the fp32 graph is validated against."""
+    kind = "onnx"
+
+    def __init__(self, path: Path, opts, *, classes, mean, std):
+        from edgeseg.export.graph import get_meta, load
+        from edgeseg.fileio import sha256_file
+        from edgeseg.meta import META_KEY
+
+        if opts.head != "logits" or opts.fused_preprocess:
+            raise EdgesegError(f"{path}: --head and --fused-preprocess change a torch model's graph; an ONNX file is "
+                               f"exported as it is")
+        self.original, self.path, self.sha = path, str(path), sha256_file(path)
+        self.name = opts.name or path.name.split(".")[0]
+        model = load(path)
+        if any(p.key == META_KEY for p in model.metadata_props):
+            self.graph, meta = path, get_meta(model, str(path))
+        else:
+            from edgeseg.export.adopt import adopt_onnx
+
+            self._work = tempfile.TemporaryDirectory(prefix="edgeseg-adopt-")  # removed with this object
+            self.graph = Path(self._work.name) / path.name
+            meta = adopt_onnx(path, self.graph, classes=_class_info(classes), mean=tuple(mean or IMAGENET_MEAN),
+                              std=tuple(std or IMAGENET_STD))
+            self.key_extra = {"classes": self.classes_dict(meta), "mean": meta["input"]["mean"],
+                              "std": meta["input"]["std"]}
+        self.meta_in, self.arch = meta, meta.get("arch") or self.name
+        self.divisor = int(meta["input"].get("size_divisor") or 1)
+
+    @staticmethod
+    def classes_dict(meta: dict) -> dict:
+        return {k: meta[k] for k in ("classes", "palette", "ignore_index")}
+
+    def meta(self, opts) -> dict:
+        return dict(self.meta_in, precision="fp32", source={"sha256": self.sha})
+
+    def fp32(self, opts, size):
+        from edgeseg.export.graph import load
+        from edgeseg.export.validate import OrtPredictor
+
+        return load(self.graph), OrtPredictor(self.original), "source onnx"
+
+
+def open_source(model, opts, *, classes=None, mean=None, std=None, output=None, resize_output: bool = False) -> Source:
+    import torch.nn as nn
+
+    if isinstance(model, nn.Module):
+        return ModuleSource(model, opts, classes=classes, mean=mean, std=std, output=output, resize_output=resize_output)
+    if str(model).lower().endswith(".onnx"):
+        return OnnxSource(Path(model), opts, classes=classes, mean=mean, std=std)
+    if classes is not None or output is not None:
+        raise EdgesegError(f"{model}: classes= and output= describe a module or a foreign ONNX file; a checkpoint "
+                           f"carries its own")
+    return CheckpointSource(str(model))
