@@ -248,3 +248,60 @@ def test_bad_input_is_one_line_and_leaves_dst_alone(case, tmp_path, tiny_camvid)
         adopt_onnx(src, dst, classes=CAMVID, data=tiny_camvid, **{**NORM, **kwargs})
     assert message in str(e.value) and "\n" not in str(e.value)
     assert dst.read_bytes() == b"previous model" and sorted(p.name for p in tmp_path.iterdir()) == ["ours.onnx", "theirs.onnx"]
+
+
+def tiny_segformer():
+    """A transformers SegFormer (MiT encoder + all-MLP decoder) with small widths and random weights: no download."""
+    transformers = pytest.importorskip("transformers")
+    cfg = transformers.SegformerConfig(num_labels=11, hidden_sizes=[8, 16, 24, 32], num_attention_heads=[1, 1, 2, 2],
+                                       depths=[1, 1, 1, 1], decoder_hidden_size=32)
+    torch.manual_seed(0)
+    model = transformers.SegformerForSemanticSegmentation(cfg).eval()
+
+    class Logits(nn.Module):  # what a user writes to export it: the output object's logits
+        def __init__(self):
+            super().__init__()
+            self.model = model
+
+        def forward(self, pixel_values):
+            return self.model(pixel_values=pixel_values).logits
+    return Logits().eval()
+
+
+@pytest.fixture(scope="module")
+def segformer(tmp_path_factory):
+    net = tiny_segformer()
+    folder = tmp_path_factory.mktemp("segformer")
+    return net, torch_export(net, folder / "segformer.onnx", dynamic=True, names=("pixel_values", "logits"))
+
+
+def test_transformers_segformer_adopted_quantized_run_and_evaluated(segformer, tmp_path, tiny_camvid, camvid):
+    from edgeseg.export.int8 import CalibrationImages
+    from edgeseg.export.validate import image_files
+    from onnxruntime.quantization import QuantFormat, QuantType, quantize_static
+
+    net, src = segformer
+    dst = tmp_path / "segformer.fp32.onnx"
+    meta = adopt_onnx(src, dst, classes=CAMVID, data=tiny_camvid, **NORM)
+    assert meta["output_stride"] == 4 and meta["adopted"]["dynamic_hw"]
+    x = norm(rgb_frames(camvid, 1, (160, 224))[0])  # not a size the model was exported or validated at
+    with open_backend(dst, "ort-cpu") as be, torch.inference_mode():
+        got, want = be.infer(x.numpy()), net(x).numpy()
+    assert got.shape == (1, 11, 40, 56) and np.abs(got - want).max() < 1e-4
+
+    # int8 the way ONNX Runtime's own quantizer does it, calibrated on real frames through edgeseg's reader
+    int8 = tmp_path / "segformer.int8.onnx"
+    calib = CalibrationImages(image_files(tiny_camvid, "train"), meta)
+    quantize_static(str(dst), str(int8), calib, quant_format=QuantFormat.QDQ, per_channel=True,
+                    activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8)
+    assert sum(n.op_type == "QuantizeLinear" for n in onnx.load(str(int8)).graph.node) > 10
+    scores = {}
+    for name, path in (("fp32", dst), ("int8", int8)):
+        out = tmp_path / f"{name}.json"
+        assert main(["eval", "--model", str(path), "--data", str(tiny_camvid), "--json", str(out)]) == 0
+        scores[name] = json.loads(out.read_text())
+        assert 0.0 <= scores[name]["miou"] <= 1.0 and scores[name]["images"] == 4
+    video = write_video(tmp_path / "clip.avi", camvid_frames(camvid, 3, (96, 128)))
+    assert main(["run", "--model", str(int8), "--source", str(video), "--sink", "null", "--json",
+                 str(tmp_path / "run.json"), "--quiet"]) == 0
+    assert json.loads((tmp_path / "run.json").read_text())["frames"] == 3
