@@ -1,0 +1,131 @@
+"""MaskFormer (Cheng et al., "Per-Pixel Classification is Not All You Need for Semantic Segmentation",
+NeurIPS 2021): mask classification. A pixel decoder (FPN) makes per-pixel embeddings at /4; a DETR-style
+transformer decoder turns N learned queries, attending to the backbone's /32 map, into N class scores
+(classes + "no object") and N mask embeddings; mask = embedding . per-pixel embedding. Default: ResNet-18.
+
+Semantic inference (the paper's): scores = einsum("bqc,bqhw->bchw", softmax(classes)[..., :-1], sigmoid(masks)),
+computed as two MatMuls (which quantise and which TensorRT fuses), at /4 and then upsampled. The model returns
+log(scores), so that a softmax over it gives the scores normalised per pixel and argmax is unchanged.
+Training: the paper's loss matches queries to ground-truth segments (Hungarian matching) and supervises
+classes and masks; for semantic segmentation it is acceptable and common to train the semantic output (the
+einsum) with the usual per-pixel cross-entropy instead, which is what `edgeseg train` does with this model.
+Normalisations are BatchNorm (folded into the convolutions at export) where the paper uses GroupNorm.
+"""
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from edgeseg.models.attention import (
+    FeedForward,
+    MultiheadAttention,
+    sine_position_embedding,
+)
+from edgeseg.models.backbones import create_backbone
+from edgeseg.models.base import SegModel
+from edgeseg.models.layers import ConvBNReLU, resize_to
+from edgeseg.models.registry import register
+
+EPS = 1e-6  # floor of a semantic score before its log
+
+
+class MLP(nn.Sequential):
+    """Linear layers with ReLU between them (the mask-embedding head)."""
+
+    def __init__(self, cin: int, hidden: int, cout: int, layers: int = 3):
+        dims = [cin] + [hidden] * (layers - 1) + [cout]
+        mods = []
+        for i in range(layers):
+            mods += [nn.Linear(dims[i], dims[i + 1])] + ([nn.ReLU(inplace=True)] if i < layers - 1 else [])
+        super().__init__(*mods)
+
+
+def mask_logits(embeddings: torch.Tensor, pixels: torch.Tensor) -> torch.Tensor:
+    """einsum("bqc,bchw->bqhw") as a MatMul: query mask embeddings [B, Q, C] . per-pixel embeddings [B, C, H, W]."""
+    b, _, h, w = pixels.shape
+    return torch.matmul(embeddings, pixels.flatten(2)).reshape(b, -1, h, w)
+
+
+class SemanticInference(nn.Module):
+    """(class logits [B, Q, K+1], mask logits [B, Q, H, W]) -> log semantic scores [B, K, H, W]."""
+
+    def forward(self, out):
+        classes, masks = out
+        b, _, h, w = masks.shape
+        probs = torch.softmax(classes, dim=-1)[..., :-1]  # the last class is "no object"
+        scores = torch.matmul(probs.transpose(1, 2), torch.sigmoid(masks).flatten(2))  # [B, K, H*W]
+        return torch.log(scores.clamp(min=EPS)).reshape(b, -1, h, w)
+
+
+class FPNPixelDecoder(nn.Module):
+    """Top-down FPN over the backbone's features; returns the per-pixel embeddings at the finest stride."""
+
+    def __init__(self, channels, dim: int, mask_dim: int):
+        super().__init__()
+        self.top = ConvBNReLU(channels[-1], dim)
+        self.lateral = nn.ModuleList(ConvBNReLU(c, dim, 1, act=False) for c in channels[:-1])
+        self.output = nn.ModuleList(ConvBNReLU(dim, dim) for _ in channels[:-1])
+        self.mask_features = nn.Conv2d(dim, mask_dim, 3, padding=1)
+
+    def forward(self, feats):
+        y = self.top(feats[-1])
+        for i in reversed(range(len(feats) - 1)):
+            y = self.output[i](self.lateral[i](feats[i]) + resize_to(y, feats[i]))
+        return self.mask_features(y)
+
+
+class DETRDecoderLayer(nn.Module):
+    """Post-norm: self-attention among the queries, cross-attention to the image, FFN."""
+
+    def __init__(self, dim: int, heads: int, ffn: int, dropout: float = 0.1):
+        super().__init__()
+        self.self_attn, self.cross_attn = MultiheadAttention(dim, heads), MultiheadAttention(dim, heads)
+        self.ffn = FeedForward(dim, ffn, dropout)
+        self.norm1, self.norm2, self.norm3 = nn.LayerNorm(dim), nn.LayerNorm(dim), nn.LayerNorm(dim)
+        self.drop = nn.Dropout(dropout)
+
+    def forward(self, x, memory, query_pos, pos):
+        q = x + query_pos
+        x = self.norm1(x + self.drop(self.self_attn(q, q, x)))
+        x = self.norm2(x + self.drop(self.cross_attn(x + query_pos, memory + pos, memory)))
+        return self.norm3(x + self.drop(self.ffn(x)))
+
+
+class MaskFormerDecoder(nn.Module):
+    """Backbone features -> (class logits [B, Q, K+1], mask logits [B, Q, H/4, W/4])."""
+
+    def __init__(self, channels, num_classes: int, dim: int, mask_dim: int, queries: int, layers: int, heads: int,
+                 ffn: int):
+        super().__init__()
+        self.pixel_decoder = FPNPixelDecoder(channels, dim, mask_dim)
+        self.input_proj = nn.Conv2d(channels[-1], dim, 1)
+        self.query_embed = nn.Parameter(torch.randn(queries, dim))
+        self.layers = nn.ModuleList(DETRDecoderLayer(dim, heads, ffn) for _ in range(layers))
+        self.norm = nn.LayerNorm(dim)
+        self.class_embed = nn.Linear(dim, num_classes + 1)
+        self.mask_embed = MLP(dim, dim, mask_dim)
+
+    def forward(self, feats):
+        pixels = self.pixel_decoder(feats)
+        src = self.input_proj(feats[-1])
+        dim = src.shape[1]
+        pos = sine_position_embedding(src, dim).flatten(2).transpose(1, 2)
+        memory = src.flatten(2).transpose(1, 2)
+        query_pos = self.query_embed[None].expand(src.shape[0], -1, -1)
+        x = torch.zeros_like(query_pos)  # DETR starts from zero targets; the queries are positions
+        for layer in self.layers:
+            x = layer(x, memory, query_pos, pos)
+        x = self.norm(x)
+        return self.class_embed(x), mask_logits(self.mask_embed(x), pixels)
+
+
+@register("maskformer")
+class MaskFormer(SegModel):
+    def __init__(self, num_classes: int, backbone: str = "resnet18", dim: int = 128, queries: int = 100,
+                 layers: int = 6, heads: int = 8):
+        """`dim`: transformer and pixel-decoder width (also the mask embedding's); `queries`: N; `layers`: the
+        transformer decoder's depth."""
+        super().__init__(num_classes, backbone=backbone, dim=dim, queries=queries, layers=layers, heads=heads)
+        self.encoder = create_backbone(backbone)
+        self.decoder = MaskFormerDecoder(self.encoder.channels, num_classes, dim, dim, queries, layers, heads, 4 * dim)
+        self.head = SemanticInference()
