@@ -1,12 +1,13 @@
-"""Load a user's pretrained weights (torchvision/timm ResNet or MobileNetV2, MiT/SegFormer, an edgeseg
-checkpoint) into a model's encoder, matching keys by name and reporting what did and did not load."""
+"""Load a user's pretrained weights (torchvision/timm ResNet or MobileNetV2, MiT/SegFormer, EfficientNet-Lite, an
+edgeseg checkpoint, or `imagenet`: the backbone's ImageNet file found on this machine) into a model's encoder,
+matching keys by name and reporting what did and did not load."""
 from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
-import torch.nn as nn
+from torch import nn
 
 from edgeseg.errors import EdgesegError
 
@@ -23,7 +24,8 @@ class LoadReport:
     loaded: list[str] = field(default_factory=list)
     missing: list[str] = field(default_factory=list)  # the encoder's tensors the file did not provide
     unexpected: list[str] = field(default_factory=list)  # the file's tensors the encoder has no place for
-    mismatched: dict[str, tuple] = field(default_factory=dict)  # same name, other shape (file, model): left as initialised
+    # same name, other shape: (file's, model's); left as initialised
+    mismatched: dict[str, tuple] = field(default_factory=dict)
     skipped: list[str] = field(default_factory=list)  # classifier and other known-unused tensors
 
     def __str__(self) -> str:
@@ -44,9 +46,10 @@ def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
         raise EdgesegError(f"{path}: no such file; pass a .pt/.pth state dict")
     try:
         obj = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:  # pickle, zip and weights_only errors all mean the same to the user
+    except Exception as e:  # noqa: BLE001 -- pickle, zip and weights_only errors all mean the same to the user
         first = str(e).strip().splitlines()[0][:160] if str(e).strip() else type(e).__name__
-        raise EdgesegError(f"{path}: not a PyTorch state dict ({first}); pass a file saved with torch.save(model.state_dict(), ...)")
+        raise EdgesegError(f"{path}: not a PyTorch state dict ({first}); "
+                           "pass a file saved with torch.save(model.state_dict(), ...)")
     scales = {}
     while isinstance(obj, dict) and any(isinstance(obj.get(w), dict) for w in WRAPPERS):
         scales = obj.get("int8_scales", {})  # an edgeseg checkpoint with compact int8 weights
@@ -69,13 +72,28 @@ def _strip(key: str) -> str:
     return key
 
 
-def load_pretrained(model: nn.Module, path: str | Path) -> LoadReport:
+def resolve(model: nn.Module, path: str | Path, backbone: str | None = None) -> Path:
+    """`path` itself, or for "imagenet" the checked ImageNet file of the model's backbone (`backbone`, by default
+    the SegModel's `backbone` option)."""
+    if str(path) != "imagenet":
+        return Path(path)
+    from edgeseg.models.weights import IMAGENET, resolve_imagenet
+
+    backbone = backbone or getattr(model, "hparams", {}).get("backbone")
+    if backbone is None:
+        raise EdgesegError(f"--pretrained imagenet: {getattr(model, 'arch', type(model).__name__)} has no backbone "
+                           f"with ImageNet weights; backbones with them: {', '.join(sorted(IMAGENET))}")
+    return resolve_imagenet(backbone)
+
+
+def load_pretrained(model: nn.Module, path: str | Path, backbone: str | None = None) -> LoadReport:
     """Load the weights in `path` into `model.encoder` (a SegModel) or into `model` itself (a backbone).
 
-    Tensors whose name (after the known prefixes are stripped) and shape match are copied; the rest is
-    reported (print the returned report). A file from which nothing matches is an error: it is for
-    another network.
+    `path` "imagenet" loads the backbone's ImageNet file from where it is installed (see weights.py). Tensors
+    whose name (after the known prefixes are stripped) and shape match are copied; the rest is reported (print
+    the returned report). A file from which nothing matches is an error: it is for another network.
     """
+    path = resolve(model, path, backbone)
     target = getattr(model, "encoder", model)
     state = {_strip(k): v for k, v in read_state_dict(path).items()}
     if hasattr(target, "remap_state_dict"):  # other libraries' names for the same network
@@ -96,8 +114,8 @@ def load_pretrained(model: nn.Module, path: str | Path) -> LoadReport:
             report.loaded.append(k)
     if not accepted:
         example = ", ".join(list(state)[:3])
-        raise EdgesegError(f"{path}: none of its {len(state)} tensors (e.g. {example}) fits the {type(target).__name__} "
-                           "encoder; pass weights of that backbone")
+        raise EdgesegError(f"{path}: none of its {len(state)} tensors (e.g. {example}) fits the "
+                           f"{type(target).__name__} encoder; pass weights of that backbone")
     target.load_state_dict(accepted, strict=False)
     # num_batches_tracked only counts BN updates; older checkpoints lack it and nothing depends on it
     report.missing = [k for k in own if k not in accepted and k not in report.mismatched
