@@ -47,6 +47,17 @@ def _fit(h: int, w: int, scale: float, divisor: int) -> tuple[int, int]:
     return (max(divisor, int(round(h * scale / divisor)) * divisor), max(divisor, int(round(w * scale / divisor)) * divisor))
 
 
+def at_fixed_size(predictor: Callable, hw: tuple[int, int]) -> Callable:
+    """For a model that takes one size only (an adopted graph frozen to its export size): each normalised batch
+    [N,3,h,w] is resized to it; predict_labels resizes the output back to the image's size."""
+    def run(x: np.ndarray) -> np.ndarray:
+        if x.shape[2:] == tuple(hw):
+            return predictor(x)
+        resized = [cv2.resize(im.transpose(1, 2, 0), hw[::-1], interpolation=cv2.INTER_LINEAR).transpose(2, 0, 1) for im in x]
+        return predictor(np.ascontiguousarray(np.stack(resized)))
+    return run
+
+
 def predict_labels(predictor: Callable, img: np.ndarray, *, size_divisor: int = 1, scales: Sequence[float] = (1.0,),
                    flip: bool = False, mean=None, std=None) -> np.ndarray:
     """Class map HxW for one RGB image; multi-scale + flip test-time augmentation averages the softmax."""

@@ -12,7 +12,7 @@ import sys
 from edgeseg import __version__
 from edgeseg.errors import EdgesegError
 
-COMMANDS = ["zoo", "train", "eval", "export", "build", "run", "bench", "demo", "kernels"]
+COMMANDS = ["zoo", "train", "eval", "export", "build", "run", "bench", "demo", "kernels", "inspect", "compare"]
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -24,27 +24,15 @@ def _predictor(model: str, backend: str):
 
         be = open_backend(model, backend)
         meta = be.meta
-        infer = _at_size(be.infer, be.fixed_hw) if be.fixed_hw else be.infer
+        from edgeseg.evaluate import at_fixed_size
+
+        infer = at_fixed_size(be.infer, be.fixed_hw) if be.fixed_hw else be.infer
         return infer, classes_of(meta), meta["input"]["size_divisor"], meta["input"]["mean"], meta["input"]["std"], be.name
     from edgeseg.models import checkpoint
     from edgeseg.models.predictor import TorchPredictor
 
     net, rec = checkpoint.load_model(model)
     return TorchPredictor(net), checkpoint.classes_of(rec), net.size_divisor, rec["mean"], rec["std"], "torch"
-
-
-def _at_size(infer, hw: tuple[int, int]):
-    """A fixed-size model (e.g. an adopted graph frozen to its export size) sees every image resized to its size;
-    the evaluation resizes its output back to the image's."""
-    import cv2
-    import numpy as np
-
-    def run(x):
-        if x.shape[2:] == tuple(hw):
-            return infer(x)
-        resized = [cv2.resize(im.transpose(1, 2, 0), hw[::-1], interpolation=cv2.INTER_LINEAR).transpose(2, 0, 1) for im in x]
-        return infer(np.ascontiguousarray(np.stack(resized)))
-    return run
 
 
 def run(args) -> int:
