@@ -216,7 +216,7 @@ class _Export:
 
         o, src = self.o, self.src
         self.rep["arch"] = src.arch
-        self.sizes = [fit(s, src.divisor) for s in o.sizes]
+        self.sizes = [src.fixed_size] if src.fixed_size else [fit(s, src.divisor) for s in o.sizes]
         self.meta = src.meta(o)
         self.data = data_root(o.data)
         self.rep["data"] = str(self.data)

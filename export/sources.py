@@ -20,7 +20,8 @@ class Source:
     classes = None  # ClassInfo
     mean, std = IMAGENET_MEAN, IMAGENET_STD
     divisor = 1
-    key_extra: dict = {}  # besides sha: what else decides the graph (the cache key)
+    fixed_size = None  # (h, w) when the graph takes only that size
+    key_extra: dict | None = None  # besides sha: what else decides the graph (the cache key)
 
     def meta(self, opts) -> dict:
         fused = opts.fused_preprocess
@@ -136,30 +137,53 @@ class OnnxSource(Source):
         model = load(path)
         if any(p.key == META_KEY for p in model.metadata_props):
             self.graph, meta = path, get_meta(model, str(path))
+            if meta.get("precision", "fp32") != "fp32":
+                raise EdgesegError(f"{path}: a {meta['precision']} graph; export from the fp32 one (every precision is "
+                                   f"made from fp32)")
         else:
             from edgeseg.export.adopt import adopt_onnx
 
             self._work = tempfile.TemporaryDirectory(prefix="edgeseg-adopt-")  # removed with this object
             self.graph = Path(self._work.name) / path.name
-            meta = adopt_onnx(path, self.graph, classes=_class_info(classes), mean=tuple(mean or IMAGENET_MEAN),
-                              std=tuple(std or IMAGENET_STD))
-            self.key_extra = {"classes": self.classes_dict(meta), "mean": meta["input"]["mean"],
-                              "std": meta["input"]["std"]}
+            meta = adopt_onnx(path, self.graph, classes=_class_info(classes), mean=mean, std=std, data=opts.data,
+                              arch=opts.name or path.stem)
+            self.key_extra = {k: meta[k] for k in ("classes", "palette", "ignore_index")} | {"input": meta["input"]}
         self.meta_in, self.arch = meta, meta.get("arch") or self.name
         self.divisor = int(meta["input"].get("size_divisor") or 1)
-
-    @staticmethod
-    def classes_dict(meta: dict) -> dict:
-        return {k: meta[k] for k in ("classes", "palette", "ignore_index")}
 
     def meta(self, opts) -> dict:
         return dict(self.meta_in, precision="fp32", source={"sha256": self.sha})
 
+    @property
+    def fixed_size(self) -> tuple[int, int] | None:
+        """The one size a graph whose H and W could not be made dynamic takes."""
+        fixed = self.meta_in["input"].get("fixed_size")
+        return tuple(fixed) if fixed else None
+
     def fp32(self, opts, size):
         from edgeseg.export.graph import load
-        from edgeseg.export.validate import OrtPredictor
+        from edgeseg.runtime.backends.ort import ort_session
 
-        return load(self.graph), OrtPredictor(self.original), "source onnx"
+        adopted = self.meta_in.get("adopted") if self.graph != self.original else None
+        return load(self.graph), _Original(ort_session(self.original), adopted), "source onnx"
+
+
+class _Original:
+    """The source ONNX as the reference: fed what the adopted graph takes (NCHW; an NHWC original gets it transposed),
+    answering with the output the adoption chose (a [N,1,H,W] label map as [N,H,W])."""
+
+    def __init__(self, session, adopted: dict | None):
+        self.session, self.input = session, session.get_inputs()[0].name
+        self.output = adopted["output"] if adopted else session.get_outputs()[0].name
+        self.nhwc = bool(adopted) and adopted.get("input_layout") == "NHWC"
+        if adopted:
+            self.input = adopted["input"]
+
+    def __call__(self, x):
+        if self.nhwc:
+            x = x.transpose(0, 2, 3, 1).copy()
+        y = self.session.run([self.output], {self.input: x})[0]
+        return y[:, 0] if y.ndim == 4 and y.shape[1] == 1 else y
 
 
 def open_source(model, opts, *, classes=None, mean=None, std=None, output=None, resize_output: bool = False) -> Source:

@@ -15,6 +15,13 @@ def _comma_list(text: str) -> tuple[str, ...]:
     return tuple(t.strip() for t in text.split(",") if t.strip())
 
 
+def _floats(text: str) -> tuple[float, ...]:
+    try:
+        return tuple(float(t) for t in _comma_list(text))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r}: give comma-separated numbers, e.g. 0.485,0.456,0.406") from None
+
+
 def _show(value) -> str:
     if isinstance(value, tuple):
         return ",".join(f"{v[0]}x{v[1]}" if isinstance(v, tuple) else str(v) for v in value)
@@ -55,6 +62,10 @@ def add_arguments(p) -> None:
     p.add_argument("--out", required=True, help="output folder: <name>.<precision>.onnx, report.json, report.md")
     p.add_argument("--classes", default=argparse.SUPPRESS, metavar="JSON",
                    help="classes.json of an ONNX file without edgeseg metadata (default: none)")
+    for name in ("mean", "std"):
+        p.add_argument(f"--{name}", type=_floats, default=argparse.SUPPRESS, metavar="R,G,B",
+                       help=f"input normalisation {name} (fractions of 255) of an ONNX file without edgeseg metadata "
+                            f"(default: read from its metadata_props)")
     p.add_argument("--force", action="store_true", default=argparse.SUPPRESS,
                    help="export again even when the outputs are up to date")
     for f in fields(ExportOptions):
@@ -74,7 +85,8 @@ def run(args) -> int:
     options["gates"] = Gates(**{f.name: getattr(args, f"gate_{f.name}") for f in fields(Gates)})
     try:
         rep = export_model(args.model, args.out, force=getattr(args, "force", False),
-                           classes=getattr(args, "classes", None), **options)
+                           classes=getattr(args, "classes", None), mean=getattr(args, "mean", None),
+                           std=getattr(args, "std", None), **options)
     except PartialExport as e:  # what validated is published: list it, then the error line (a non-zero exit)
         _summary(e.report, args.out)
         raise

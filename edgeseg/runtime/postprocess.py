@@ -20,8 +20,14 @@ class Postprocessor:
     buffers owned here, valid until the next call.
     """
 
-    def __init__(self, head: str, num_classes: int, out_hw: tuple[int, int]):
+    def __init__(self, head: str, num_classes: int, out_hw: tuple[int, int], scores_hw: tuple[int, int] | None = None):
+        """scores_hw: the model input's size. Logits at a lower resolution (metadata `output_stride`, SegFormer's
+        1/4) are upsampled to it bilinearly before the argmax, as the model's own upsampling would."""
         self.head, self.num_classes = head, num_classes
+        self._up = None
+        if head == "logits" and scores_hw is not None and tuple(scores_hw) != tuple(out_hw):
+            out_hw = tuple(scores_hw)
+            self._up = np.empty((num_classes, *out_hw), np.float32)
         h, w = out_hw
         self._labels = np.empty((h, w), label_dtype(num_classes))
         if head == "logits":
@@ -34,6 +40,12 @@ class Postprocessor:
             self._conf = np.empty((h, w), np.uint8)
 
     def _planes(self, y: np.ndarray, index: int) -> np.ndarray:
+        if self._up is not None:
+            h, w = self._up.shape[1:]
+            for c in range(self.num_classes):
+                cv2.resize(y[index, c].astype(np.float32, copy=False), (w, h), dst=self._up[c],
+                           interpolation=cv2.INTER_LINEAR)
+            return self._up
         if y.dtype == np.float32:
             return y[index]
         if self._f32 is None:
@@ -56,7 +68,7 @@ class Postprocessor:
 
     def confidence(self, y: np.ndarray, index: int = 0) -> np.ndarray:
         """uint8 255 * max_c softmax(y)_c = 255 / sum_c exp(y_c - max); call after labels() on the same y (it reuses the max)."""
-        x = self._planes(y, index)
+        x = self._up if self._up is not None else self._planes(y, index)  # upsampled by labels() already
         self._sum.fill(0)
         for c in range(x.shape[0]):
             cv2.subtract(x[c], self._best, dst=self._tmp)
