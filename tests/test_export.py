@@ -74,10 +74,11 @@ def ort_ops():
 @pytest.fixture(scope="module")
 def exported(tiny_camvid, tmp_path_factory, ort_ops) -> dict:
     """One export of everything the tests below inspect: the shipped SFNet-R18 (trained: int8 behaves as it does in
-    use, unlike random weights whose near-tied logits flip) to fp32, fp16, int8 (guarded) and FlowWarp graphs."""
+    use, unlike random weights whose near-tied logits flip) to fp32, fp16, int8 (guarded, the TensorRT form) and
+    FlowWarp graphs."""
     out = tmp_path_factory.mktemp("export")
     rep = export_model("demo", out, ("fp32", "fp16", "int8"), data=str(tiny_camvid), sizes=SIZES, calib_images=4,
-                       validate_images=2, flowwarp_plugin=True, progress=False)
+                       validate_images=2, flowwarp_plugin=True, int8_target="tensorrt", progress=False)
     return {"report": rep, "out": out, "ckpt": checkpoint.resolve("demo")}
 
 
@@ -137,7 +138,7 @@ def test_second_export_is_cached(exported, tiny_camvid):
     rep = exported["report"]
     mtimes = {k: os.stat(f["path"]).st_mtime_ns for k, f in rep["outputs"].items()}
     again = export_model("demo", exported["out"], ("fp32", "fp16", "int8"), data=str(tiny_camvid), sizes=SIZES,
-                         calib_images=4, validate_images=2, flowwarp_plugin=True, progress=False)
+                         calib_images=4, validate_images=2, flowwarp_plugin=True, int8_target="tensorrt", progress=False)
     assert again["cached"] and {k: os.stat(f["path"]).st_mtime_ns for k, f in again["outputs"].items()} == mtimes
 
 
