@@ -15,6 +15,19 @@ from edgeseg.errors import EdgesegError
 COMMANDS = ["zoo", "train", "eval", "export", "build", "run", "bench", "demo", "kernels", "inspect", "compare"]
 
 
+class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
+    """Appends "(default: X)" where it tells the reader something: not to on/off flags (their name says it), not
+    to options without a default, and not where the help text already names its default."""
+
+    def _get_help_string(self, action):
+        text = action.help or ""
+        default = action.default
+        if (action.nargs == 0 or default is None or default is argparse.SUPPRESS or default in ("", [])
+                or "default" in text or "unset" in text):
+            return text
+        return super()._get_help_string(action)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="edgeseg", description="Train, export, run and benchmark semantic segmentation on edge GPUs.")
     parser.add_argument("--version", action="version", version=f"edgeseg {__version__}")
@@ -26,7 +39,7 @@ def build_parser() -> argparse.ArgumentParser:
             if e.name != f"edgeseg.cli.{name}":
                 raise
             continue  # not part of this build
-        p = sub.add_parser(name, help=mod.HELP, description=mod.HELP, formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+        p = sub.add_parser(name, help=mod.HELP, description=mod.HELP, formatter_class=HelpFormatter)
         mod.add_arguments(p)
         p.set_defaults(_run=mod.run)
     return parser

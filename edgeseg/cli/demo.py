@@ -6,81 +6,27 @@ the table shows what each precision sustains live: FPS, end-to-end latency and d
 """
 from __future__ import annotations
 
-import os
-import shutil
 from pathlib import Path
+
+from edgeseg import export_cache
 
 HELP = "run the shipped model on the demo clip (or --source): ONNX fp32 vs INT8, overlay videos and a latency table"
 
-CLIP = Path(__file__).resolve().parents[1] / "zoo" / "camvid_clip.mp4"
-CALIB_FRAMES = 32
-VALIDATE_SIZE = (360, 480)
-
 
 def add_arguments(p) -> None:
+    from edgeseg.cli.argtypes import nonnegative_int, positive_int
+
     p.add_argument("--source", help="a camera, stream, video or image folder; unset: the shipped CamVid clip")
     p.add_argument("--out", type=Path, default=Path("edgeseg-demo"), help="folder for the overlay videos and the summary")
     p.add_argument("--model", default="demo", help="a shipped model name or an edgeseg checkpoint (.pt)")
     p.add_argument("--precision", default="fp32,int8", help="comma list of fp32, int8")
     p.add_argument("--backend", default="ort-cpu", help="ort-cpu, ort-cuda or ort-trt (see `edgeseg run --help`)")
-    p.add_argument("--threads", type=int, help="ONNX Runtime intra-op threads")
+    p.add_argument("--threads", type=positive_int, help="ONNX Runtime intra-op threads")
     p.add_argument("--every-frame", action="store_true",
                    help="process every frame as fast as possible instead of replaying the clip at its frame rate")
-    p.add_argument("--max-frames", type=int, default=0, metavar="N", help="frames per precision; 0: the whole clip, or 300 from a live source")
+    p.add_argument("--max-frames", type=nonnegative_int, default=0, metavar="N",
+                   help="frames per precision; 0: the whole clip, or 300 from a live source")
     p.add_argument("--quiet", action="store_true", help="no live status line, no export progress")
-
-
-def cache_dir() -> Path:
-    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
-    return Path(base) / "edgeseg" / "demo"
-
-
-def calibration_frames(clip: Path, folder: Path, n: int = CALIB_FRAMES) -> Path:
-    """n frames spread over the clip as PNGs (made once; a killed run leaves no half-filled folder)."""
-    import cv2
-    import numpy as np
-
-    from edgeseg.errors import EdgesegError
-    from edgeseg.runtime.sources import read_video_frames
-
-    if folder.is_dir() and len(list(folder.glob("*.png"))) == n:
-        return folder
-    frames = read_video_frames(clip)
-    if len(frames) < n:
-        raise EdgesegError(f"{clip}: {len(frames)} frames readable, the calibration needs {n}; reinstall edgeseg")
-    tmp = folder.with_name(f".{folder.name}.tmp{os.getpid()}")
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
-    for k, i in enumerate(np.linspace(0, len(frames) - 1, n).round().astype(int)):
-        cv2.imwrite(str(tmp / f"{k:03d}.png"), frames[i])
-    shutil.rmtree(folder, ignore_errors=True)
-    os.replace(tmp, folder)
-    return folder
-
-
-def export_cached(model: str = "demo", precisions=("fp32", "int8"), progress: bool = True) -> tuple[dict[str, Path], dict]:
-    """Export a checkpoint (or shipped name) to ONNX in the cache, INT8 calibrated on the demo clip; cached by
-    edgeseg.export (same checkpoint and options -> no work). Returns ({precision: path}, export report)."""
-    from edgeseg.errors import EdgesegError
-    from edgeseg.export import export_model
-    from edgeseg.fileio import sha256_file
-    from edgeseg.kernels import prefer_ort_cpu_op
-    from edgeseg.models import checkpoint
-
-    if model in checkpoint.SHIPPED and not checkpoint.SHIPPED[model].is_file():
-        raise EdgesegError(f"the shipped model {model!r} is not in this install ({checkpoint.SHIPPED[model]}); "
-                           f"reinstall edgeseg, or pass --model with a checkpoint from `edgeseg train`")
-    src = checkpoint.resolve(model)
-    frames = calibration_frames(CLIP, cache_dir() / "calibration")
-    precisions = tuple(p for p in ("fp32", "fp16", "int8") if p in {"fp32", *precisions})  # fp32 is always made
-    out = cache_dir() / "models" / f"{src.stem}-{sha256_file(src)[:12]}" / "+".join(precisions)
-    flowwarp = prefer_ort_cpu_op()  # a model with flow warps then runs them through the CPU op
-    report = export_model(model, out, precisions, progress=progress, data=str(frames), calib=str(frames),
-                          calib_images=CALIB_FRAMES, guard=False, int8_target="cpu", sizes=(VALIDATE_SIZE,),
-                          flowwarp_plugin="auto" if flowwarp else False)
-    outputs = report["outputs"]
-    paths = {p: Path((outputs.get(f"{p}-flowwarp") or outputs[p])["path"]) for p in precisions}
-    return paths, report
 
 
 def native_rate(uri: str) -> float | None:
@@ -99,7 +45,7 @@ def native_rate(uri: str) -> float | None:
 
 
 def run(args) -> int:
-    from edgeseg.cli.run import run_stream
+    from edgeseg.cli.run import check_outputs, run_stream
     from edgeseg.errors import EdgesegError
     from edgeseg.fileio import write_json, write_text
     from edgeseg.runtime.sources import parse_source
@@ -108,18 +54,23 @@ def run(args) -> int:
     bad = [p for p in precisions if p not in ("fp32", "int8")]
     if bad or not precisions:
         raise EdgesegError(f"--precision {args.precision!r}: give fp32, int8 or both")
-    source = args.source or str(CLIP)
+    source = args.source or str(export_cache.CLIP)
+    check_outputs(source, [str(args.out / f"overlay_{p}.mp4") for p in precisions], args.model,
+                  json_path=args.out / "summary.json")
     live = parse_source(source).live
     rate = None if (live or args.every_frame) else native_rate(source)
     max_frames = args.max_frames or (300 if live else 0)
-    models, report = export_cached(args.model, precisions, progress=not args.quiet)
+    models, report = export_cache.export_cached(args.model, precisions, progress=not args.quiet)
+    # The shipped clip runs at the size its export is validated at (its own frames' size); other sources at the
+    # model's default (the frame scaled to the size the model was trained at).
+    size = export_cache.VALIDATE_SIZE if args.source is None else None
     runs = {}
     for precision in precisions:
         video = args.out / f"overlay_{precision}.mp4"
         summary, _ = run_stream(models[precision], source, [str(video)], backend=args.backend, threads=args.threads,
                                 source_kw={"rate": rate},
                                 pipeline_kw={"policy": "all" if args.every_frame else "auto" if live else "latest",
-                                             "max_frames": max_frames, "status": not args.quiet})
+                                             "max_frames": max_frames, "status": not args.quiet, "size": size})
         runs[precision] = summary
         if summary["end"] in ("interrupted", "terminated"):
             break

@@ -39,10 +39,45 @@ def model_record(model, classes: ClassInfo, mean=IMAGENET_MEAN, std=IMAGENET_STD
     return rec
 
 
-def save(record: dict, path: str | Path) -> None:
-    """Atomic: a killed process leaves the previous file intact."""
-    with atomic_path(path) as tmp:
+def save(record: dict, path: str | Path, previous: str | Path | None = None) -> None:
+    """Atomic and durable: a killed process leaves the previous file intact. With `previous`, the file being
+    replaced is kept under that name until the new one is on disk."""
+    with atomic_path(path, keep=previous) as tmp:
         torch.save(record, tmp)
+
+
+def _first_line(e: BaseException) -> str:
+    text = str(e).strip()
+    return f"{type(e).__name__}: {text.splitlines()[0][:120]}" if text else type(e).__name__
+
+
+def read(path: Path) -> object:
+    """torch.load(weights_only=True) of a file; any failure (empty, truncated, foreign, a pickle that would run
+    code) is one line naming the file."""
+    if path.stat().st_size == 0:
+        raise EdgesegError(f"{path}: the file is empty (0 bytes), not a checkpoint; use a file written by `edgeseg train`")
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # torch raises many types for truncated / foreign files
+        raise EdgesegError(f"{path}: not a readable edgeseg checkpoint ({_first_line(e)}); "
+                           f"use a file written by `edgeseg train`") from None
+
+
+# key -> type every model record holds
+RECORD_KEYS = {"arch": str, "num_classes": int, "hparams": dict, "classes": dict, "state_dict": dict}
+
+
+def check_record(rec, source) -> dict:
+    if not isinstance(rec, dict) or rec.get("format") != FORMAT:
+        raise EdgesegError(f"{source}: not an edgeseg checkpoint (no '{FORMAT}' record); use a file written by `edgeseg train`, "
+                           f"or pass plain backbone weights with --pretrained")
+    bad = [k for k, t in RECORD_KEYS.items() if not isinstance(rec.get(k), t)]
+    if bad:
+        raise EdgesegError(f"{source}: the checkpoint record lacks or has a wrong {', '.join(bad)}; the file is damaged or "
+                           f"was not written by `edgeseg train`")
+    rec.setdefault("mean", list(IMAGENET_MEAN))
+    rec.setdefault("std", list(IMAGENET_STD))
+    return rec
 
 
 def resolve(name_or_path: str) -> Path:
@@ -56,26 +91,40 @@ def resolve(name_or_path: str) -> Path:
 
 def load_record(name_or_path: str) -> dict:
     path = resolve(name_or_path)
-    try:
-        rec = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:  # torch raises many types for truncated / foreign files
-        raise EdgesegError(f"{path}: not a readable edgeseg checkpoint ({type(e).__name__}: {str(e).splitlines()[0][:120]}); "
-                           f"use a file written by `edgeseg train`")
-    if not isinstance(rec, dict) or rec.get("format") != FORMAT:
-        raise EdgesegError(f"{path}: not an edgeseg checkpoint (no '{FORMAT}' record); use a file written by `edgeseg train`, "
-                           f"or pass plain backbone weights with --pretrained")
-    return rec
+    return check_record(read(path), path)
+
+
+# key -> type of a training state (last.pt) besides its model record
+STATE_KEYS = {"model": dict, "optimizer": dict, "epoch": int, "best_miou": float, "history": list, "config": dict}
+
+
+def load_state(path: Path) -> dict:
+    """A training state (last.pt) checked as far as resuming needs it; any problem is one line naming the file."""
+    state = read(path)
+    bad = [k for k, t in STATE_KEYS.items() if not isinstance(state, dict) or not isinstance(state.get(k), t)]
+    if bad:
+        raise EdgesegError(f"{path}: not an edgeseg training state (lacks or has a wrong {', '.join(bad)}); "
+                           f"it is damaged or was not written by `edgeseg train`")
+    check_record(state["model"], path)
+    return state
 
 
 def build_model(rec: dict, source: str = "checkpoint"):
     """Rebuild the model of a record and load its weights (as float32, dequantized if stored as int8)."""
-    model = create(rec["arch"], rec["num_classes"], **rec["hparams"])
+    check_record(rec, source)
+    try:
+        model = create(rec["arch"], rec["num_classes"], **rec["hparams"])
+    except TypeError as e:  # hparams the architecture does not take
+        raise EdgesegError(f"{source}: the record's options do not fit {rec['arch']} ({e}); the file is damaged or from "
+                           f"another edgeseg version") from None
     scales = rec.get("int8_scales", {})
+    if not all(isinstance(v, torch.Tensor) for v in (*rec["state_dict"].values(), *scales.values())):
+        raise EdgesegError(f"{source}: the checkpoint's weights are not all tensors; the file is damaged")
     state = {k: v.float() * scales[k] if k in scales else v.float() if v.is_floating_point() else v
              for k, v in rec["state_dict"].items()}
     try:
         model.load_state_dict(state)
-    except RuntimeError as e:
+    except (RuntimeError, KeyError, TypeError) as e:
         raise EdgesegError(f"{source}: weights do not fit {rec['arch']} with {rec['num_classes']} classes "
                            f"({str(e).splitlines()[1].strip() if len(str(e).splitlines()) > 1 else e})")
     return model.eval()

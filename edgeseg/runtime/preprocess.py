@@ -9,22 +9,25 @@ import cv2
 import numpy as np
 
 from edgeseg.errors import EdgesegError
+from edgeseg.sizes import fit, parse_hw
 
 
 def parse_size(text: str) -> tuple[int, int]:
-    """'HxW' -> (H, W)."""
-    try:
-        h, w = (int(v) for v in str(text).lower().split("x"))
-    except ValueError:
-        raise EdgesegError(f"size {text!r}: expected HxW, e.g. 360x480") from None
-    if h < 1 or w < 1:
-        raise EdgesegError(f"size {text!r}: height and width must be positive")
-    return h, w
+    """'HxW' -> (H, W), within the sizes every model takes (edgeseg.sizes)."""
+    return parse_hw(text)
+
+
+def train_size(meta: dict) -> tuple[int, int] | None:
+    """The image size the model was trained at, from its metadata (None when unknown)."""
+    hw = meta["input"].get("train_size")
+    return (int(hw[0]), int(hw[1])) if isinstance(hw, (list, tuple)) and len(hw) == 2 and min(hw) > 0 else None
 
 
 def model_size(frame_hw: tuple[int, int], meta: dict, fixed: tuple[int, int] | None = None,
                requested: tuple[int, int] | None = None) -> tuple[int, int]:
-    """The model input (H, W): the model's fixed size, else the requested one, else the frame's rounded to size_divisor."""
+    """The model input (H, W): the model's fixed size, else the requested one, else the frame scaled down to fit
+    the size the model was trained at (its aspect kept: the model's speed and accuracy are those it was trained
+    for), rounded to size_divisor; without a training size in the metadata, the frame's own size."""
     d = max(int(meta["input"].get("size_divisor") or 1), 1)
     if fixed:
         if requested and tuple(requested) != tuple(fixed):
@@ -33,13 +36,15 @@ def model_size(frame_hw: tuple[int, int], meta: dict, fixed: tuple[int, int] | N
     if requested:
         h, w = requested
         if h % d or w % d:
-            raise EdgesegError(f"--size {h}x{w}: the model needs multiples of {d}, e.g. {_round(h, d)}x{_round(w, d)}")
+            hh, ww = fit((h, w), d)
+            raise EdgesegError(f"--size {h}x{w}: the model needs multiples of {d}, e.g. {hh}x{ww}")
         return h, w
-    return _round(frame_hw[0], d), _round(frame_hw[1], d)
-
-
-def _round(n: int, d: int) -> int:
-    return max(d, int(round(n / d)) * d)
+    h, w = frame_hw
+    trained = train_size(meta)
+    if trained:
+        scale = min(1.0, trained[0] / h, trained[1] / w)
+        h, w = h * scale, w * scale
+    return fit((h, w), d)
 
 
 def normalize_lut(mean, std) -> np.ndarray:

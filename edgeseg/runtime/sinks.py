@@ -14,7 +14,7 @@ import cv2
 import numpy as np
 
 from edgeseg.errors import EdgesegError
-from edgeseg.fileio import atomic_path
+from edgeseg.fileio import atomic_path, remove_stale_temporaries, write_error
 
 VIDEO_CODECS = {".mp4": "mp4v", ".m4v": "mp4v", ".mov": "mp4v", ".mkv": "mp4v", ".avi": "MJPG", ".webm": "VP90"}
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp")
@@ -35,11 +35,13 @@ def frame_name(index: int, name: str | None) -> str:
 
 
 class Sink:
-    """`write(image, index, name)` returns False when the user asked to stop (a closed window); `close()` finalises."""
+    """`write(image, index, name, t)` returns False when the user asked to stop (a closed window); `close()`
+    finalises. `t` (seconds, any origin) is the frame's capture time where frames may be dropped: a video then
+    holds each frame until the next one's time, so it plays as long as the run took."""
 
     uri = "null"
 
-    def write(self, image: np.ndarray, index: int, name: str | None = None) -> bool:
+    def write(self, image: np.ndarray, index: int, name: str | None = None, t: float | None = None) -> bool:
         return True
 
     def close(self) -> None:
@@ -55,7 +57,7 @@ class DisplaySink(Sink):
                                "unset); install opencv-python for windows, or use --sink out.mp4 / --sink null")
         self.title, self._open = title, False
 
-    def write(self, image, index, name=None):
+    def write(self, image, index, name=None, t=None):
         if not self._open:
             cv2.namedWindow(self.title, cv2.WINDOW_NORMAL)
             cv2.resizeWindow(self.title, image.shape[1], image.shape[0])
@@ -79,12 +81,16 @@ class VideoSink(Sink):
         if len(self.codec) != 4:
             raise EdgesegError(f"--codec {self.codec!r}: a codec is a four-character code such as mp4v, MJPG, avc1")
         self.uri = str(self.path)
-        self.path.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+        except OSError as e:
+            raise write_error(self.path, e) from None
+        remove_stale_temporaries(self.path.parent)
         # The temporary keeps the suffix: OpenCV picks the container from it.
         self.tmp = self.path.with_name(f".{self.path.stem}.tmp{os.getpid()}{self.path.suffix}")
-        self.writer, self.size, self.frames = None, None, 0
+        self.writer, self.size, self.frames, self._t0 = None, None, 0, None
 
-    def write(self, image, index, name=None):
+    def write(self, image, index, name=None, t=None):
         if self.writer is None:
             self.size = (image.shape[1], image.shape[0])
             self.writer = cv2.VideoWriter(str(self.tmp), cv2.VideoWriter_fourcc(*self.codec), self.fps, self.size)
@@ -94,8 +100,13 @@ class VideoSink(Sink):
                                    f"try --codec mp4v with .mp4, or MJPG with .avi")
         if (image.shape[1], image.shape[0]) != self.size:
             image = cv2.resize(image, self.size, interpolation=cv2.INTER_AREA)
-        self.writer.write(image)
-        self.frames += 1
+        copies = 1
+        if t is not None:  # fill the time since the last written frame (frames dropped in between)
+            self._t0 = t if self._t0 is None else self._t0
+            copies = max(1, int((t - self._t0) * self.fps) + 1 - self.frames)
+        for _ in range(copies):
+            self.writer.write(image)
+        self.frames += copies
         return True
 
     def close(self):
@@ -119,9 +130,10 @@ class ImageDirSink(Sink):
             self.folder.mkdir(parents=True, exist_ok=True)
         except OSError as e:
             raise EdgesegError(f"{self.folder}: cannot create the output folder ({e.strerror}); choose another path") from None
+        remove_stale_temporaries(self.folder)
         self.frames = 0
 
-    def write(self, image, index, name=None):
+    def write(self, image, index, name=None, t=None):
         ok, data = cv2.imencode(self.suffix, image)
         if not ok:
             raise EdgesegError(f"{self.folder}: OpenCV cannot encode a {image.dtype} image as {self.suffix}")
@@ -131,22 +143,34 @@ class ImageDirSink(Sink):
         return True
 
 
-def open_sink(uri: str, fps: float = 30.0, codec: str | None = None) -> Sink:
-    """`display://` | `null` | a video file (.mp4 .avi .mkv ...) | an image folder (`DIR/`, an existing folder, or a
-    `DIR/*.png`-style pattern giving the image format)."""
+def parse_sink(uri: str, codec: str | None = None) -> tuple[str, Path | None, str | None]:
+    """(kind, path, image suffix) of a sink URI; kind: display, null, video or images."""
     s = str(uri).strip()
     if s in ("display://", "display", "display://0"):
-        return DisplaySink()
+        return "display", None, None
     if s in ("null", "null://", "none"):
-        return Sink()
+        return "null", None, None
     if s.startswith("file://"):
         s = s[len("file://"):]
     p = Path(s)
     if p.suffix.lower() in VIDEO_CODECS or (codec and p.suffix):
-        return VideoSink(p, fps, codec)
+        return "video", p, None
     if p.name.startswith("*") and p.suffix.lower() in IMAGE_SUFFIXES:  # frames/*.png
-        return ImageDirSink(p.parent, p.suffix.lower())
+        return "images", p.parent, p.suffix.lower()
     if s.endswith(("/", os.sep)) or p.is_dir() or not p.suffix:
-        return ImageDirSink(p)
+        return "images", p, ".jpg"
     raise EdgesegError(f"--sink {uri}: unknown output; use display://, null, a video file (.mp4, .avi, .mkv), "
                        f"or a folder (DIR/ for JPEGs, 'DIR/*.png' for PNGs)")
+
+
+def open_sink(uri: str, fps: float = 30.0, codec: str | None = None) -> Sink:
+    """`display://` | `null` | a video file (.mp4 .avi .mkv ...) | an image folder (`DIR/`, an existing folder, or a
+    `DIR/*.png`-style pattern giving the image format)."""
+    kind, path, suffix = parse_sink(uri, codec)
+    if kind == "display":
+        return DisplaySink()
+    if kind == "null":
+        return Sink()
+    if kind == "video":
+        return VideoSink(path, fps, codec)
+    return ImageDirSink(path, suffix)

@@ -69,6 +69,13 @@ def parse_source(uri: str, width: int | None = None, height: int | None = None, 
             raise EdgesegError(f"{p}: the folder holds no images ({', '.join(IMAGE_EXTS)}); check --source")
         return SourceSpec("images", s, files, False)
     if p.is_file():
+        try:
+            with open(p, "rb") as f:
+                empty = not f.read(1)
+        except OSError as e:
+            raise EdgesegError(f"{s}: cannot read the file ({e.strerror}); check its permissions") from None
+        if empty:
+            raise EdgesegError(f"{s}: the file is empty (0 bytes); check --source")
         if p.suffix.lower() in IMAGE_EXTS:
             return SourceSpec("images", s, [p], False)
         return SourceSpec("video", s, str(p), False)
@@ -103,6 +110,7 @@ class Source:
         self.loop, self.max_retries, self.timeout_s = loop, max_retries, timeout_s
         self.stop = stop or threading.Event()
         self.frames = self.corrupt = self.reconnects = 0
+        self.waited = 0.0  # seconds the last read() spent pacing (not decoding)
         self.end_reason = ""
         self._t0 = None
         self._passes = 0
@@ -116,6 +124,11 @@ class Source:
         """Frames per second of the source when known (a file's or camera's own, else --rate)."""
         return self.rate
 
+    @property
+    def paced(self) -> bool:
+        """A file or folder delivered at --rate, like a camera."""
+        return not self.live and bool(self.rate)
+
     def read(self, buf: np.ndarray | None = None):
         raise NotImplementedError
 
@@ -124,6 +137,7 @@ class Source:
 
     def _pace(self) -> None:
         """With --rate on a file or folder: deliver frames at that rate, like a camera."""
+        self.waited = 0.0
         if self.live or not self.rate:
             return
         now = time.perf_counter()
@@ -132,6 +146,7 @@ class Source:
         due = self._t0 + self.frames / self.rate
         if due > now:
             self.stop.wait(due - now)
+            self.waited = time.perf_counter() - now
 
     def _fit(self, img: np.ndarray, buf: np.ndarray | None) -> np.ndarray:
         """Resize to --input-width/--input-height when asked (one of them alone keeps the aspect ratio)."""
@@ -263,6 +278,7 @@ class VideoSource(Source):
     def read(self, buf=None):
         misses = 0
         while not self.stop.is_set():
+            t = time.perf_counter()
             img = self._grab(buf)
             if img is not None:
                 self.corrupt += misses  # failures followed by a good frame were bad frames, not the end
@@ -272,6 +288,12 @@ class VideoSource(Source):
             if self.stop.is_set():
                 break
             if self.live:
+                misses += 1
+                # A damaged frame (a bad JPEG in an MJPEG stream) fails one read at once and the next one decodes;
+                # a lost connection keeps failing, and a stalled one fails only after the read timeout.
+                if misses <= 2 and time.perf_counter() - t < self.timeout_s / 2:
+                    continue
+                misses = 0
                 self.cap.release()
                 if self._reconnect():
                     continue
