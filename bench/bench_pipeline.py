@@ -25,7 +25,7 @@ import cv2
 import numpy as np
 import onnxruntime as ort
 
-from edgeseg.cli.demo import CLIP, export_cached
+from edgeseg.export_cache import CLIP, export_cached
 from edgeseg.meta import classes_of
 from edgeseg.runtime.backends import open_backend
 from edgeseg.runtime.pipeline import Pipeline
