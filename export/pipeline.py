@@ -62,8 +62,8 @@ class ExportOptions:
     calib_images: int = _opt(32, "number of calibration images (spread over the folder)")
     percentile: float = _opt(99.99, "with --calib-method percentile", flag="--calib-percentile")
     int8_target: str = _opt("auto", "Q/DQ form: tensorrt (symmetric int8 on Conv/MatMul inputs; what TensorRT >= 10 "
-                                    "builds), cpu (uint8 activations, all ops; fastest on ONNX Runtime x86, rejected by "
-                                    "TensorRT), auto (tensorrt where TensorRT is importable, else cpu)",
+                                    "builds), cpu (uint8 activations, all ops; fastest on ONNX Runtime x86, rejected "
+                                    "by TensorRT), auto (tensorrt where TensorRT is importable, else cpu)",
                             choices=TARGET_CHOICES)
     guard: bool = _opt(True, "skip the mIoU measurement and the int8 accuracy guard", flag="--no-guard")
     guard_split: str = _opt("val", "held-out split for the accuracy guard and the validation images")
@@ -82,7 +82,8 @@ class ExportOptions:
         self.precisions = tuple(dict.fromkeys(self.precisions))
         bad = [p for p in self.precisions if p not in PRECISIONS]
         if bad or not self.precisions:
-            raise EdgesegError(f"unknown precision {bad[0] if bad else '(none)'!r}; use a comma list of {', '.join(PRECISIONS)}")
+            raise EdgesegError(f"unknown precision {bad[0] if bad else '(none)'!r}; use a comma list of "
+                               f"{', '.join(PRECISIONS)}")
         if "fp32" not in self.precisions:  # every other precision is made from, and validated against, fp32
             self.precisions = ("fp32",) + self.precisions
         if len(self.sizes) < 1 or any(min(s) < 1 for s in self.sizes):
@@ -305,8 +306,8 @@ class _Export:
         self.files.pop(key).unlink(missing_ok=True)
         del self.models[key], self.precision_of[key]
 
-    def _check(self, key: str, reference, ref_name: str, *, max_abs: float | None = None, min_agree: float | None = None,
-               decided_by: str | None = None, fatal: bool = False) -> bool:
+    def _check(self, key: str, reference, ref_name: str, *, max_abs: float | None = None,
+               min_agree: float | None = None, decided_by: str | None = None, fatal: bool = False) -> bool:
         """The one checker: the graph `key` against a reference on the validation images at every size."""
         rows = V.compare(reference, V.OrtPredictor(self.files[key]), self.images, self.sizes, self.meta)
         w = V.worst(rows)
@@ -334,8 +335,8 @@ class _Export:
             final = self.out / f"{self.src.name}{'-flowwarp' if plugin else ''}.{precision}.onnx"
             os.replace(staged, final)
             self.rep["outputs"][key] = {"file": final.name, "path": str(final.resolve()), "precision": precision,
-                                        "graph": "flowwarp-plugin" if plugin else "plain", "bytes": final.stat().st_size,
-                                        "sha256": sha256_file(final)}
+                                        "graph": "flowwarp-plugin" if plugin else "plain",
+                                        "bytes": final.stat().st_size, "sha256": sha256_file(final)}
         if self.o.triton_repo:
             from edgeseg.export.triton import add_model
             from edgeseg.kernels import find_library

@@ -23,7 +23,8 @@ def to_markdown(rep: dict) -> str:
     if outputs:
         lines += ["## Files", "", "| file | precision | graph | MB | sha256 |", "|---|---|---|---:|---|"]
         for f in outputs.values():
-            lines.append(f"| `{f['file']}` | {f['precision']} | {f['graph']} | {f['bytes'] / 1e6:.1f} | `{f['sha256'][:12]}` |")
+            lines.append(f"| `{f['file']}` | {f['precision']} | {f['graph']} | {f['bytes'] / 1e6:.1f} | "
+                         f"`{f['sha256'][:12]}` |")
         lines.append("")
     checks = rep.get("validation", {})
     if checks:
@@ -63,7 +64,8 @@ def to_markdown(rep: dict) -> str:
                   + f", sizes {', '.join(f'{h}x{w}' for h, w in c['sizes'])}",
                   (f"- Q/DQ form: {c['target']} (per-channel weights: {c['per_channel_weights']}); "
                    f"kept in float by design: the pooling products {', '.join(q['float_by_design']) or '(none)'} and "
-                   f"{q.get('size_dependent_float', 0)} nodes of size-dependent arithmetic (flow-warp grids, index maths)")]
+                   f"{q.get('size_dependent_float', 0)} nodes of size-dependent arithmetic (flow-warp grids, "
+                   f"index maths)")]
         g = q.get("guard")
         if g:
             lines.append(f"- guard (decides int8): fp32 {_pct(g['fp32_miou'])} → int8 {_pct(g['int8_miou'])} mIoU "

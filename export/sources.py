@@ -47,8 +47,8 @@ class _Torch(Source):
         from edgeseg.export.torch_export import Deployable, example_input, export_onnx, split_thin_convs
 
         wrapper = Deployable(self.net, opts.head, opts.fused_preprocess, self.mean, self.std)
-        model = export_onnx(Deployable(split_thin_convs(self.net), opts.head, opts.fused_preprocess, self.mean, self.std),
-                            example_input(*size, opts.fused_preprocess), opts.opset)
+        deployed = Deployable(split_thin_convs(self.net), opts.head, opts.fused_preprocess, self.mean, self.std)
+        model = export_onnx(deployed, example_input(*size, opts.fused_preprocess), opts.opset)
 
         @torch.inference_mode()
         def reference(x):  # the model as trained
@@ -106,8 +106,8 @@ class ModuleSource(_Torch):
                                f"classes; pass the classes the model was trained on")
         resize = bool(resize_output) and self.stride != 1
         self.net = Scores(module, n, output, resize, self.arch)
-        self.key_extra = {"output": repr(output), "resize_output": resize, "mean": list(self.mean), "std": list(self.std),
-                          "classes": self.classes.to_dict()}
+        self.key_extra = {"output": repr(output), "resize_output": resize, "mean": list(self.mean),
+                          "std": list(self.std), "classes": self.classes.to_dict()}
 
     def meta(self, opts) -> dict:
         meta = super().meta(opts)
@@ -190,7 +190,8 @@ def open_source(model, opts, *, classes=None, mean=None, std=None, output=None, 
     import torch.nn as nn
 
     if isinstance(model, nn.Module):
-        return ModuleSource(model, opts, classes=classes, mean=mean, std=std, output=output, resize_output=resize_output)
+        return ModuleSource(model, opts, classes=classes, mean=mean, std=std, output=output,
+                            resize_output=resize_output)
     if str(model).lower().endswith(".onnx"):
         return OnnxSource(Path(model), opts, classes=classes, mean=mean, std=std)
     if classes is not None or output is not None:

@@ -51,7 +51,7 @@ class Gates:
             return value or cls()
         unknown = set(value) - {f.name for f in fields(cls)}
         if unknown:
-            raise EdgesegError(f"unknown gate {sorted(unknown)[0]!r}; gates are {', '.join(f.name for f in fields(cls))}")
+            raise EdgesegError(f"unknown gate {min(unknown)!r}; gates are {', '.join(f.name for f in fields(cls))}")
         return cls(**value)
 
 

@@ -50,7 +50,8 @@ def _add(p, f, dest: str, flag: str | None = None) -> None:
     choices = meta.get("choices")
     metavar = meta.get("metavar") or (None if choices else {int: "N", float: "X"}.get(conv, "NAME"))
     p.add_argument(flag, dest=dest, type=conv, choices=choices, metavar=metavar,
-                   default=argparse.SUPPRESS, help=f"{meta['help']} (default: {meta.get('default_text') or _show(default)})")
+                   default=argparse.SUPPRESS,
+                   help=f"{meta['help']} (default: {meta.get('default_text') or _show(default)})")
 
 
 def add_arguments(p) -> None:

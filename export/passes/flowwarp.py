@@ -11,7 +11,8 @@ class FlowWarp(Pass):
         return bool(opts.flowwarp_plugin)
 
     def skip_reason(self, ctx) -> str | None:
-        if ctx.o.flowwarp_plugin == "auto" and not any(n.op_type == "GridSample" for n in ctx.models["fp32"].graph.node):
+        warps = any(n.op_type == "GridSample" for n in ctx.models["fp32"].graph.node)
+        if ctx.o.flowwarp_plugin == "auto" and not warps:
             return "auto: the model has no GridSample"
         return None
 
