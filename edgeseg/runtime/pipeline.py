@@ -28,6 +28,7 @@ from edgeseg.runtime.preprocess import Preprocessor, model_size
 from edgeseg.runtime.render import Renderer
 from edgeseg.runtime.sinks import ImageDirSink, Sink
 from edgeseg.runtime.stats import Stats
+from edgeseg.runtime.temporal import Temporal, parse_temporal
 
 END, STOP = object(), object()  # a channel's producer finished / the pipeline is stopping
 POLICIES = ("auto", "latest", "all")
@@ -116,12 +117,12 @@ class Pool:
 class Slot:
     """One frame in flight and what the stages made of it."""
 
-    __slots__ = ("index", "name", "t0", "frame", "x", "y", "labels", "conf", "times")
+    __slots__ = ("index", "name", "t0", "frame", "x", "y", "labels", "conf", "times", "plan")
 
     def __init__(self, index: int, name: str | None, frame: np.ndarray, capture_ms: float):
         self.index, self.name, self.frame = index, name, frame
         self.t0 = time.perf_counter()
-        self.x = self.y = self.labels = self.conf = None
+        self.x = self.y = self.labels = self.conf = self.plan = None
         self.times = {"capture": capture_ms}
 
 
@@ -134,9 +135,12 @@ class Pipeline:
     def __init__(self, source, backend, sinks: list[Sink] = (), *, labels_dir: Path | None = None,
                  confidence_dir: Path | None = None, vis: str = "overlay", alpha: float = 0.5, legend: bool = True,
                  caption: bool = True, size: tuple[int, int] | None = None, policy: str = "auto", max_frames: int = 0,
-                 status: bool = True, status_stream=None):
+                 status: bool = True, status_stream=None, temporal: str | None = None):
         if policy not in POLICIES:
             raise EdgesegError(f"--policy {policy!r}: choose one of {', '.join(POLICIES)}")
+        self.temporal_spec, self.temporal = parse_temporal(temporal), None
+        if self.temporal_spec and backend.meta["head"] != "logits":
+            raise EdgesegError(f"--temporal {temporal}: {backend.path.name} has an argmax head; warping needs a logits model")
         self.source, self.backend, self.sinks = source, backend, list(sinks)
         self.meta = backend.meta
         self.classes = classes_of(self.meta)
@@ -197,6 +201,8 @@ class Pipeline:
         if head == "argmax" and len(out_shape) != 3:
             raise EdgesegError(f"{self.backend.path.name}: output {list(out_shape)} is not labels [N,H,W] as its metadata says")
         self.post = Postprocessor(head, n, out_shape[-2:])
+        if self.temporal_spec:
+            self.temporal = Temporal(self.temporal_spec, self.model_hw, live=self.live)
         caps = [q.capacity for q in (self.q_cap, self.q_pre, self.q_inf, self.q_post)]
         self.frames = Pool(sum(caps) + 6, lambda: None, self.stop)  # None: the decoder allocates, then it is reused
         self.inputs = Pool(self.q_pre.capacity + 2, self.pre.new_input, self.stop)
@@ -251,13 +257,17 @@ class Pipeline:
             slot = self.q_cap.get()
             if slot is END or slot is STOP:
                 return
-            x = self.inputs.acquire()
+            warped = self.temporal is not None and self.temporal.plan(slot)  # a warped frame needs no model input
+            x = None if warped else self.inputs.acquire()
             if x is STOP:
                 return
             t = time.perf_counter()
-            slot.x = self.pre(slot.frame, out=x)
+            if x is not None:
+                slot.x = self.pre(slot.frame, out=x)
             slot.times["preprocess"] = (time.perf_counter() - t) * 1e3
-            if self.live:  # keep the freshest frame ready for inference; a newer one replaces it
+            # Temporal mode plans every frame it is given (key frames are chosen here), so none may be dropped
+            # after planning; the capture stage still keeps only the latest frame.
+            if self.live and self.temporal is None:  # keep the freshest frame ready for inference; a newer one replaces it
                 old = self.q_pre.put_latest(slot)
                 if old is not None:
                     self.stats.drop()
@@ -275,8 +285,11 @@ class Pipeline:
             if y is STOP:
                 return
             t = time.perf_counter()
-            slot.y = self.backend.infer(slot.x, out=y)
-            slot.times["infer"] = (time.perf_counter() - t) * 1e3
+            if self.temporal is not None:  # the network on key frames, a warp of its output on the others
+                slot.y = self.temporal.run(slot, y, self.backend)
+            else:
+                slot.y = self.backend.infer(slot.x, out=y)
+                slot.times["infer"] = (time.perf_counter() - t) * 1e3
             self.inputs.release(slot.x)
             slot.x = None
             if not self.q_inf.put(slot):
@@ -399,6 +412,8 @@ class Pipeline:
             "model": str(self.backend.path), "backend": self.backend.name, "precision": self.meta.get("precision"),
             "outputs": [s.uri for s in self.sinks],
         })
+        if self.temporal is not None:
+            summary["temporal"] = self.temporal.summary()
         return summary
 
     def _wait(self, output: threading.Thread) -> None:
