@@ -17,6 +17,7 @@ import torch
 from test_models import randomize
 from torch import nn
 
+from edgeseg.cli import main
 from edgeseg.data import SegFolder
 from edgeseg.data.folders import read_image
 from edgeseg.data.transforms import normalize
@@ -210,6 +211,20 @@ def test_sfnet_efficientnet_lite0_onnx_matches_torch():
         got = sess.run(None, {"images": x.numpy()})[0]
         assert got.shape == ref.shape and np.abs(ref).max() > 0.1
         assert np.abs(got - ref).max() <= 1e-4, f"{h}x{w}: max |onnx - torch| = {np.abs(got - ref).max():.2e}"
+
+
+def test_train_cli_with_pretrained_imagenet(no_weights, tiny_camvid, tmp_path, capsys):
+    wheel_file("efficientnet_lite0")
+    common = ["train", "--arch", "sfnet", "--opt", "fpn_dim=32", "--data", str(tiny_camvid), "--epochs", "1",
+              "--batch-size", "2", "--crop", "64x96", "--limit", "2", "--val-split", "", "--pretrained", "imagenet"]
+    assert main([*common, "--opt", "backbone=efficientnet_lite0", "--out", str(tmp_path / "lite")]) == 0
+    out = capsys.readouterr().out
+    assert "efficientnet-lite0-57934424.pth -> EfficientNetLite0 encoder: loaded 288 of 288 tensors" in out
+    assert (tmp_path / "lite" / "last.pt").is_file()
+    assert main([*common, "--out", str(tmp_path / "r18")]) == 2  # sfnet's default backbone, resnet18, has no file
+    err = capsys.readouterr().err.strip()
+    assert err == ("edgeseg train: error: --pretrained imagenet: no ImageNet weights are known for backbone "
+                   "'resnet18'; backbones with them: efficientnet_lite0, mobilenetv2 (or pass --pretrained FILE)")
 
 
 # --- sequence-held-out CamVid folder -------------------------------------------------------------------------
