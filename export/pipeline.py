@@ -248,13 +248,9 @@ class _Export:
                 failed[p.name] = str(e)
                 continue
             for out in outputs:
-                if out.meta:
-                    self.meta_extra[out.precision] = out.meta
-                self._stage(out.key, out.model, out.precision)
-                if not self._check(out.key, V.OrtPredictor(self.files[out.reference]), f"{out.reference} onnx",
-                                   max_abs=out.max_abs, min_agree=out.min_agree, decided_by=out.decided_by):
-                    self._drop(out.key)
-                    failed[out.key] = self.rep["validation"][out.key]["why"]
+                why = self._validated(out)
+                if why:
+                    failed[out.key] = why
             bad = [out.key for out in outputs if out.key in failed]
             self.rep["passes"][p.name] = {"status": "failed" if bad else "ok", "outputs": [out.key for out in outputs]}
         if o.guard:
@@ -262,6 +258,23 @@ class _Export:
         for key, model in self.models.items():  # final metadata: measured metrics
             self._stage(key, model, self.precision_of[key])
         return failed
+
+    def _validated(self, out) -> str | None:
+        """Stage a pass's graph and check it against its reference; None when it passed, else why (it is dropped)."""
+        if out.meta:
+            self.meta_extra[out.precision] = out.meta
+        try:
+            self._stage(out.key, out.model, out.precision)
+            if self._check(out.key, V.OrtPredictor(self.files[out.reference]), f"{out.reference} onnx",
+                           max_abs=out.max_abs, min_agree=out.min_agree, decided_by=out.decided_by):
+                return None
+            why = self.rep["validation"][out.key]["why"]
+        except EdgesegError as e:  # e.g. ONNX Runtime cannot load the graph (a FlowWarp graph without the op built)
+            why = f"{out.key}: {e}"
+            self.log(why)
+        if out.key in self.files:
+            self._drop(out.key)
+        return why
 
     def guard_set(self):
         """The labelled guard split (read once)."""

@@ -211,3 +211,36 @@ def test_cli_options_come_from_the_dataclass():
     assert guard.help.startswith("skip") and guard.option_strings == ["--no-guard"]
     args = build_parser().parse_args(["export", "--model", "m.pt", "--out", "o", "--no-guard", "--int8-max-loss", "1"])
     assert args.guard is False and args.gate_int8_max_loss == 1.0 and args.int8_target == "auto" and args.opset == 17
+
+
+class Warped(nn.Module):
+    """A user's network with a flow warp (edgeseg.models.layers.flow_warp): what the FlowWarp pass rewrites."""
+
+    def __init__(self, classes: int = 11):
+        super().__init__()
+        self.feat = nn.Conv2d(3, classes, 3, 2, 1)
+        self.flow = nn.Conv2d(3, 2, 3, 1, 1)
+
+    def forward(self, x):
+        from edgeseg.models.layers import flow_warp
+
+        return flow_warp(self.feat(x), self.flow(x))
+
+
+def test_flowwarp_pass_on_a_user_module(tiny_camvid, tmp_path):
+    """The FlowWarp pass runs on a module's graph as on a zoo model's. Where the ONNX Runtime op is not built, the
+    plugin graph cannot be validated: that graph alone fails, fp32 is published and the report says why."""
+    from edgeseg.kernels import find_library
+
+    common = {"classes": CAMVID, "data": str(tiny_camvid), "sizes": SIZES, "guard": False, "validate_images": 2,
+              "flowwarp_plugin": True, "progress": False}
+    if find_library("ort") is not None:
+        rep = export_model(_seeded(Warped), tmp_path, **common)
+        assert rep["validation"]["fp32-flowwarp"]["passed"] and rep["flowwarp"]["fp32"]["replaced"] == 1
+        return
+    with pytest.raises(PartialExport, match="fp32-flowwarp") as e:
+        export_model(_seeded(Warped), tmp_path, **common)
+    rep = e.value.report
+    assert set(rep["outputs"]) == {"fp32"} and rep["flowwarp"]["fp32"]["replaced"] == 1
+    assert rep["passes"]["flowwarp"]["status"] == "failed" and (tmp_path / "warped.fp32.onnx").is_file()
+    assert not (tmp_path / "warped-flowwarp.fp32.onnx").exists()
