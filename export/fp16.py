@@ -4,6 +4,12 @@ Convolutions, matrix products and elementwise work run in fp16; numerically sens
 softmax, reductions, normalisations, resampling, index arithmetic computed from shapes, and each flow warp's
 grid arithmetic with its GridSample (a grid coordinate in fp16 is off by up to 1/2048 of the image: a pixel
 at 1024 wide). Inputs and outputs keep their types, so a runtime feeds an fp16 model like the fp32 one.
+
+Transformers: the logits of every softmax (attention's q.k^T MatMul and the scale and bias steps between it
+and the Softmax) stay fp32. Their inputs fit fp16 but the dot products need not: a sum over 64 channels of
+values near 40 already passes fp16's 65504, and an infinite logit turns the softmax into NaN. LayerNorm is
+one LayerNormalization node from opset 17; below that its decomposition (mean, centring, variance + eps,
+sqrt, division) stays fp32 too, since the variance of activations above 256 overflows.
 """
 from __future__ import annotations
 
@@ -14,7 +20,7 @@ from onnxconverter_common import float16
 
 from edgeseg.errors import EdgesegError
 from edgeseg.export.flowwarp import grid_cones
-from edgeseg.export.graph import producers, shape_derived
+from edgeseg.export.graph import consumers, producers, shape_derived
 from edgeseg.kernels import OP_TYPE
 
 FP32_OPS = sorted(set(float16.DEFAULT_OP_BLOCK_LIST) | {
@@ -37,11 +43,58 @@ def name_nodes(graph: onnx.GraphProto) -> None:
             used.add(name)
 
 
+# steps allowed between a logits MatMul and its Softmax: scaling, an additive mask, head reshapes
+LOGIT_STEPS = {"Add", "Sub", "Mul", "Div", "Where", "Reshape", "Transpose", "Cast", "Identity", "Squeeze", "Unsqueeze",
+               "Flatten"}
+LOGIT_PRODUCTS = {"MatMul", "Gemm", "Einsum"}
+
+
+def softmax_logits(graph: onnx.GraphProto) -> set[str]:
+    """Nodes that compute a softmax's logits: the matrix product and the steps from it to the Softmax."""
+    prod, keep = producers(graph), set()
+
+    def walk(tensor: str, path: tuple[str, ...]) -> None:
+        node = prod.get(tensor)
+        if node is None or len(path) > 8:
+            return
+        if node.op_type in LOGIT_PRODUCTS:
+            keep.update(path + (node.name,))
+        elif node.op_type in LOGIT_STEPS:
+            for i in node.input:
+                if i:
+                    walk(i, path + (node.name,))
+
+    for n in graph.node:
+        if n.op_type in ("Softmax", "LogSoftmax"):
+            walk(n.input[0], ())
+    return keep
+
+
+def decomposed_layernorms(graph: onnx.GraphProto) -> set[str]:
+    """Opset < 17 LayerNorm: x - mean, variance + eps and the division around each Sqrt."""
+    prod, cons, keep = producers(graph), consumers(graph), set()
+    for n in graph.node:
+        if n.op_type != "Sqrt" or (add := prod.get(n.input[0])) is None or add.op_type != "Add":
+            continue
+        mean = next((prod.get(i) for i in add.input if prod.get(i) is not None and prod[i].op_type == "ReduceMean"), None)
+        if mean is None:
+            continue
+        keep.add(add.name)
+        for div in cons.get(n.output[0], []):
+            if div.op_type == "Div":
+                keep.add(div.name)
+                if (sub := prod.get(div.input[0])) is not None and sub.op_type == "Sub":
+                    keep.add(sub.name)
+    return keep
+
+
 def fp32_nodes(model: onnx.ModelProto) -> list[str]:
-    """Names of the nodes kept in fp32 besides FP32_OPS: grid cones and shape-derived arithmetic."""
+    """Names of the nodes kept in fp32 besides FP32_OPS: grid cones, shape-derived arithmetic, softmax logits
+    and decomposed LayerNorms."""
     graph = model.graph
     derived = shape_derived(graph)
     keep = {n.name for _, cone in grid_cones(graph) for n in cone.nodes}
+    keep |= softmax_logits(graph) | decomposed_layernorms(graph)
     for n in graph.node:
         outs = [o for o in n.output if o]
         if outs and all(o in derived for o in outs):
