@@ -68,7 +68,8 @@ def select_output(out, output=None, source: str = "the model"):
             got = out[output]
     except (KeyError, IndexError, AttributeError, TypeError):
         keys = list(out.keys()) if hasattr(out, "keys") else f"a {type(out).__name__}"
-        raise EdgesegError(f"{source} returns {keys}: cannot take output {output!r} from it; pass output= with the "
+        want = repr(output) if output is not None else "'logits' (the default)"
+        raise EdgesegError(f"{source} returns {keys}: cannot take output {want} from it; pass output= with the "
                            f"key, attribute or index of the per-class scores") from None
     if not isinstance(got, torch.Tensor) or got.dim() != 4:
         what = list(got.shape) if isinstance(got, torch.Tensor) else type(got).__name__

@@ -244,3 +244,20 @@ def test_flowwarp_pass_on_a_user_module(tiny_camvid, tmp_path):
     assert set(rep["outputs"]) == {"fp32"} and rep["flowwarp"]["fp32"]["replaced"] == 1
     assert rep["passes"]["flowwarp"]["status"] == "failed" and (tmp_path / "warped.fp32.onnx").is_file()
     assert not (tmp_path / "warped-flowwarp.fp32.onnx").exists()
+
+
+def test_scores_are_selected_by_key_attribute_or_index():
+    from types import SimpleNamespace
+
+    from edgeseg.export.torch_export import select_output
+
+    y = torch.randn(1, 11, 8, 8)
+    assert select_output(y) is y
+    assert select_output({"logits": y, "aux": y[:, :1]}) is y  # a dict's logits by default
+    assert select_output(SimpleNamespace(logits=y, hidden_states=None)) is y  # what transformers models return
+    assert select_output((y, None)) is y and select_output([None, y], 1) is y
+    assert select_output({"seg": y}, "seg") is y and select_output(SimpleNamespace(seg=y), "seg") is y
+    with pytest.raises(EdgesegError, match=r"\['seg'\]: cannot take output 'logits'"):
+        select_output({"seg": y})
+    with pytest.raises(EdgesegError, match=r"output 'aux' is \[1, 11\], not per-class scores"):
+        select_output({"aux": y.mean((2, 3))}, "aux")
