@@ -62,13 +62,27 @@ def test_bad_inputs_name_the_file(tmp_path, camvid):
 
 
 def test_classes_file_errors(tmp_path):
-    with pytest.raises(EdgesegError, match="palette needs one"):
+    with pytest.raises(EdgesegError, match="'palette' needs one"):
         ClassInfo.from_dict({"names": ["a", "b"], "palette": [[0, 0, 0]]})
+    with pytest.raises(EdgesegError, match="'palette' needs one"):  # two values per colour
+        ClassInfo.from_dict({"names": ["a", "b"], "palette": [[0, 0], [1, 1]]})
     with pytest.raises(EdgesegError, match="is a class index"):
         ClassInfo.from_dict({"names": ["a", "b"], "ignore_index": 1})
-    (tmp_path / "c.json").write_text("{oops")
+    path = tmp_path / "c.json"
+    path.write_text("{oops")
     with pytest.raises(EdgesegError, match="c.json"):
-        ClassInfo.load(tmp_path / "c.json")
+        ClassInfo.load(path)
+    path.write_text('{"names": "SkyBuilding"}')  # a string is not read letter by letter
+    with pytest.raises(EdgesegError, match="c.json: 'names' must be a list"):
+        ClassInfo.load(path)
+    path.write_text('{"names": []}')
+    with pytest.raises(EdgesegError, match="c.json: 'names' must list at least one class"):
+        ClassInfo.load(path)
+    path.write_bytes(b"\x80\x81{}")
+    with pytest.raises(EdgesegError, match="c.json: the classes file is not UTF-8"):
+        ClassInfo.load(path)
+    path.write_text('{"names": ["sky", "road"], "palette": [[1, 2, 3], [4, 5, 6]]}', encoding="utf-16")  # with a BOM
+    assert ClassInfo.load(path) == ClassInfo(("sky", "road"), ((1, 2, 3), (4, 5, 6)), 255)
 
 
 def test_train_transform_crop_pad_and_determinism(camvid):

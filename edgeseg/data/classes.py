@@ -23,14 +23,20 @@ class ClassInfo:
 
     @classmethod
     def from_dict(cls, d: dict, source: str = "classes") -> "ClassInfo":
-        try:
-            names = tuple(str(n) for n in d["names"])
-            palette = tuple(tuple(int(v) for v in c) for c in d.get("palette") or default_palette(len(names)))
-            ignore = int(d.get("ignore_index", 255))
-        except (KeyError, TypeError, ValueError) as e:
-            raise EdgesegError(f"{source}: expected {{'names': [...], 'palette': [[r,g,b], ...], 'ignore_index': int}} ({e})")
-        if len(palette) != len(names) or any(len(c) != 3 for c in palette):
-            raise EdgesegError(f"{source}: palette needs one [r,g,b] per class ({len(names)} classes, {len(palette)} colours)")
+        shape = "{'names': [...], 'palette': [[r,g,b], ...], 'ignore_index': int}"
+        if not isinstance(d, dict) or not isinstance(d.get("names"), list):
+            raise EdgesegError(f"{source}: 'names' must be a list of class names, as in {shape}")
+        if not d["names"] or not all(isinstance(n, str) and n.strip() for n in d["names"]):
+            raise EdgesegError(f"{source}: 'names' must list at least one class, each a non-empty string")
+        names = tuple(d["names"])
+        pal = d.get("palette") or default_palette(len(names))
+        if not isinstance(pal, list) or not all(isinstance(c, list) and len(c) == 3 and all(
+                isinstance(v, int) and 0 <= v <= 255 for v in c) for c in pal) or len(pal) != len(names):
+            raise EdgesegError(f"{source}: 'palette' needs one [r,g,b] of integers 0-255 per class ({len(names)} classes)")
+        palette = tuple(tuple(c) for c in pal)
+        ignore = d.get("ignore_index", 255)
+        if not isinstance(ignore, int) or isinstance(ignore, bool):
+            raise EdgesegError(f"{source}: 'ignore_index' must be an integer, as in {shape}")
         if 0 <= ignore < len(names):
             raise EdgesegError(f"{source}: ignore_index {ignore} is a class index; use a value >= {len(names)} (e.g. 255)")
         return cls(names, palette, ignore)
@@ -38,9 +44,14 @@ class ClassInfo:
     @classmethod
     def load(cls, path: str | Path) -> "ClassInfo":
         try:
-            return cls.from_dict(json.loads(Path(path).read_text()), str(path))
+            data = Path(path).read_bytes()
+            # JSON is UTF-8; editors on Windows also write UTF-16 (with a byte-order mark) or UTF-8 with one
+            text = data.decode("utf-16") if data[:2] in (b"\xff\xfe", b"\xfe\xff") else data.decode("utf-8-sig")
+            return cls.from_dict(json.loads(text), str(path))
+        except UnicodeDecodeError:
+            raise EdgesegError(f"{path}: the classes file is not UTF-8 text; save it as UTF-8 JSON") from None
         except (OSError, json.JSONDecodeError) as e:
-            raise EdgesegError(f"{path}: cannot read the classes file ({e})")
+            raise EdgesegError(f"{path}: cannot read the classes file ({e})") from None
 
 
 def default_palette(n: int) -> list[list[int]]:

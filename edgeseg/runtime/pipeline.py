@@ -152,7 +152,8 @@ class Pipeline:
         self.renderer = Renderer(self.classes, vis, alpha, legend) if visual else None
         self.caption = caption
         self.requested_size, self.max_frames = size, max_frames
-        self.live = source.live if policy == "auto" else policy == "latest"
+        # A file paced with --rate is a camera stand-in: it gets a camera's latest-frame policy.
+        self.live = (source.live or source.paced) if policy == "auto" else policy == "latest"
         self.status, self.status_stream = status, status_stream or sys.stderr
         self.stats = Stats()
         self.stop = source.stop  # one event: a stop also ends the source's backoff and pacing waits
@@ -188,7 +189,7 @@ class Pipeline:
             raise EdgesegError(f"{self.source.name}: no frame could be read ({self.source.end_reason or 'stopped'}); "
                                f"check the source")
         frame, name = got
-        capture_ms = (time.perf_counter() - t) * 1e3
+        capture_ms = (time.perf_counter() - t - self.source.waited) * 1e3
         self.frame_hw = frame.shape[:2]
         self.model_hw = model_size(self.frame_hw, self.meta, self.backend.preferred_hw, self.requested_size)
         self.pre = Preprocessor(self.meta, self.model_hw)
@@ -200,7 +201,7 @@ class Pipeline:
                                f"{n} classes of its metadata; re-export the model")
         if head == "argmax" and len(out_shape) != 3:
             raise EdgesegError(f"{self.backend.path.name}: output {list(out_shape)} is not labels [N,H,W] as its metadata says")
-        self.post = Postprocessor(head, n, out_shape[-2:])
+        self.post = Postprocessor(head, n, out_shape[-2:], scores_hw=self.model_hw)
         if self.temporal_spec:
             self.temporal = Temporal(self.temporal_spec, self.model_hw, live=self.live)
         caps = [q.capacity for q in (self.q_cap, self.q_pre, self.q_inf, self.q_post)]
@@ -240,7 +241,7 @@ class Pipeline:
                 if got is None:
                     self.end_reason = self.end_reason or src.end_reason
                     return
-                slot = Slot(index, got[1], got[0], (time.perf_counter() - t) * 1e3)
+                slot = Slot(index, got[1], got[0], (time.perf_counter() - t - src.waited) * 1e3)  # decode, not pacing
                 index += 1
                 if self.live:
                     old = self.q_cap.put_latest(slot)
@@ -343,7 +344,7 @@ class Pipeline:
         t = time.perf_counter()
         for sink in self.sinks:
             if type(sink) is not Sink:
-                keep = sink.write(canvas, slot.index, slot.name) and keep
+                keep = sink.write(canvas, slot.index, slot.name, slot.t0 if self.live else None) and keep
         if self.label_sink is not None:
             self.label_sink.write(slot.labels, slot.index, slot.name)
         if self.conf_sink is not None:
@@ -361,6 +362,9 @@ class Pipeline:
         lat = self.stats.latency.recent_p(50)
         fps_text = f"{fps:.1f} FPS" if fps else "-- FPS"
         lat_text = f"{lat:.0f} ms" if lat == lat else "-- ms"
+        if not self.live:  # a file is read ahead of the model: its latency is queueing, not what a viewer waits
+            infer = self.stats.stages["infer"].recent_p(50)
+            lat_text = f"infer {infer:.0f} ms" if infer == infer else "infer -- ms"
         return f"{fps_text} | {lat_text} | {self.meta['arch']} {self.meta.get('precision', '')} {self.backend.name}"
 
     def _close_sinks(self) -> None:
@@ -408,7 +412,7 @@ class Pipeline:
         summary.update({
             "end": self.end_reason or self.source.end_reason or "end of stream",
             "corrupt": self.source.corrupt, "reconnects": self.source.reconnects, "wall_s": round(wall, 3),
-            "source": self.source.name, "live": self.live, "frame_size": list(self.frame_hw), "model_input": list(self.model_hw),
+            "source": self.source.name, "live": self.live, "paced": self.source.paced, "frame_size": list(self.frame_hw), "model_input": list(self.model_hw),
             "model": str(self.backend.path), "backend": self.backend.name, "precision": self.meta.get("precision"),
             "outputs": [s.uri for s in self.sinks],
         })
@@ -434,7 +438,10 @@ class Pipeline:
                     self.q_post.abort()
 
     def _print_status(self, tty: bool = False, final: bool = False) -> None:
-        line = self.stats.status_line(f" | corrupt {self.source.corrupt}" if self.source.corrupt else "")
+        extra = f" | corrupt {self.source.corrupt}" if self.source.corrupt else ""
+        if self.model_hw:
+            extra += f" | input {self.model_hw[0]}x{self.model_hw[1]}"
+        line = self.stats.status_line(extra)
         if tty or (final and getattr(self.status_stream, "isatty", lambda: False)()):
             self.status_stream.write(f"\r{line}\x1b[K" + ("\n" if final else ""))
         else:
