@@ -5,7 +5,13 @@ HELP = "list the zoo's architectures (with their options) and the shipped models
 
 
 def add_arguments(p) -> None:
-    pass
+    from edgeseg.sizes import argparse_hw
+
+    p.add_argument("--receptive-field", metavar="ARCH", default=None,
+                   help="print ARCH's theoretical receptive field and output stride per stage instead")
+    p.add_argument("--opt", action="append", default=[], metavar="KEY=VALUE", help="model option for --receptive-field")
+    p.add_argument("--size", type=argparse_hw, default=(256, 256), metavar="HxW",
+                   help="input size for --receptive-field (strides and global context do not depend on it)")
 
 
 def run(args) -> int:
@@ -13,6 +19,8 @@ def run(args) -> int:
 
     from edgeseg.models import available, checkpoint, registry
 
+    if args.receptive_field:
+        return _receptive_field(args)
     print("architectures:")
     for arch in available():
         cls = registry._REGISTRY[arch]
@@ -28,4 +36,16 @@ def run(args) -> int:
         val = rec.get("metrics", {}).get("val", {}).get("miou")
         score = f"val mIoU {100 * val:.1f}" if val is not None else ""
         print(f"  {name:<14} {rec['arch']} {rec['hparams']} {len(rec['classes']['names'])} classes {score}  ({path})")
+    return 0
+
+
+def _receptive_field(args) -> int:
+    from edgeseg.cli.train import _options
+    from edgeseg.models import create
+    from edgeseg.models.receptive_field import format_report, receptive_fields
+    from edgeseg.sizes import fit
+
+    model = create(args.receptive_field, 11, **_options(args.opt))
+    size = fit(args.size, model.size_divisor)
+    print(format_report(args.receptive_field, receptive_fields(model, size), size))
     return 0
