@@ -96,3 +96,60 @@ def test_ddp_two_gloo_processes(tiny_camvid, tmp_path):
     assert state["epoch"] == 0 and state["history"][0]["loss"] > 0
     # 8 images over 2 processes of batch 2: 2 steps each
     assert "2/2" in res.stderr
+
+
+def test_resume_keeps_the_saved_settings_and_falls_back_to_the_previous_epoch(tiny_camvid, tmp_path, capsys):
+    from edgeseg.train.loop import _load_resume
+
+    out = tmp_path / "run"
+    cfg = dict(data=str(tiny_camvid), out=str(out), **{**FAST, "limit": 2})
+    train(TrainConfig(stop_after=1, **cfg))
+    printed = capsys.readouterr().out
+    assert "epoch 1/2: loss " in printed  # one line per epoch where stderr is not a terminal
+    assert "stopped after epoch 1/2 (--stop-after 1); continue with the same command plus --resume" in printed
+    assert (out / "log.csv").read_text().splitlines()[0] == "epoch,loss,lr,seconds,val_miou_percent"
+    with pytest.raises(EdgesegError, match=r"--resume: .*last.pt was trained with other settings \(--lr 0.001 -> 0.002\)"):
+        train(TrainConfig(**{**cfg, "lr": 2e-3}), resume=True, given={"lr": "--lr"})
+    stale = out / ".last.pt.tmp999999999"  # left by a killed process (no such PID)
+    stale.write_bytes(b"partial")
+    train(TrainConfig(**{**cfg, "lr": 2e-3}), resume=True, given={})  # --lr not given: the saved one is kept
+    assert "resuming with the run's saved settings: --lr 0.001" in capsys.readouterr().out
+    state = torch.load(out / "last.pt", weights_only=True)
+    assert state["epoch"] == 1 and state["config"]["lr"] == 1e-3 and not stale.exists()
+    assert torch.load(out / "last.prev.pt", weights_only=True)["epoch"] == 0  # kept until the new one was durable
+    (out / "last.pt").write_bytes((out / "last.pt").read_bytes()[:1000])  # torn by a crash
+    state, source = _load_resume(out)
+    assert source.name == "last.prev.pt" and state["epoch"] == 0
+    assert "last.pt: not a readable edgeseg checkpoint" in capsys.readouterr().out
+
+
+def test_bad_settings_and_files_are_one_line(tiny_camvid, tmp_path):
+    with pytest.raises(EdgesegError, match="--epochs 0: must be a positive number"):
+        train(TrainConfig(data=str(tiny_camvid), out=str(tmp_path / "a"), **{**FAST, "epochs": 0}))
+    weights = tmp_path / "w.json"
+    weights.write_bytes(bytes(range(256)))  # a binary file
+    with pytest.raises(EdgesegError, match="--class-weights .*w.json: not 'none', 'mfb' or a readable JSON list"):
+        train(TrainConfig(data=str(tiny_camvid), out=str(tmp_path / "b"), class_weights=str(weights), **FAST))
+    out = tmp_path / "c"
+    out.mkdir()
+    (out / "last.pt").write_bytes(b"")
+    with pytest.raises(EdgesegError, match="last.pt: the file is empty"):
+        train(TrainConfig(data=str(tiny_camvid), out=str(out), **FAST), resume=True)
+    torch.save({"format": "something else"}, out / "last.pt")
+    with pytest.raises(EdgesegError, match="last.pt: not an edgeseg training state"):
+        train(TrainConfig(data=str(tiny_camvid), out=str(out), **FAST), resume=True)
+
+
+def test_a_bad_label_read_by_a_worker_process_is_one_line(tiny_camvid, tmp_path):
+    import shutil
+
+    import numpy as np
+
+    data = shutil.copytree(tiny_camvid, tmp_path / "data")
+    label = sorted((data / "labels" / "train").iterdir())[0]
+    import cv2
+
+    cv2.imwrite(str(label), np.full(cv2.imread(str(label), cv2.IMREAD_UNCHANGED).shape, 200, np.uint8))
+    with pytest.raises(EdgesegError) as e:
+        train(TrainConfig(data=str(data), out=str(tmp_path / "r"), workers=2, **{**FAST, "limit": 8, "batch_size": 4}))
+    assert "\n" not in str(e.value) and "label value 200 is out of range" in str(e.value)
