@@ -45,7 +45,8 @@ _OUT_INDICES = (2, 4, 10, 15)  # last block at /4, /8, /16, /32
 class EfficientNetLite0(nn.Module):
     """Returns features at /4, /8, /16, /32 (24, 40, 112, 320 channels); for output_stride 16 or 8 the /16 and
     /32 stages dilate instead of striding (DeepLab's scheme, as in mobilenetv2.py). The ImageNet head (the
-    1280-channel 1x1 convolution and the classifier) is left out.
+    1280-channel 1x1 convolution and the classifier) is left out: remap_state_dict names it head.*, which
+    load_pretrained skips.
 
     The input is edgeseg's (x / 255 - mean) / std; the first operation maps it to TensorFlow's (x - 127) / 128,
     which the ImageNet weights were trained on (a fixed affine, exact also at the borders, where folding it into
@@ -54,8 +55,6 @@ class EfficientNetLite0(nn.Module):
     Padding is PyTorch's symmetric k//2 (exportable at any size); TensorFlow's "same" padding, with which the
     ImageNet weights were trained, differs only in where stride-2 windows start on even sizes.
     """
-
-    pretrained_skip = ("head.",)
 
     def __init__(self, output_stride: int = 32):
         super().__init__()
