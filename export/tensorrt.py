@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import re
 import shutil
 import time
@@ -23,11 +22,10 @@ from typing import Iterator, Sequence
 import numpy as np
 
 from edgeseg.errors import EdgesegError
-from edgeseg.meta import META_KEY
+from edgeseg.meta import META_KEY, PRECISIONS
+from edgeseg.paths import cache_dir
+from edgeseg.runtime.trt import gpu_info, import_tensorrt, sidecar_path
 
-INSTALL_HINT = ("TensorRT is not installed: on a Jetson it comes with JetPack; on a desktop with an NVIDIA GPU "
-                "run `pip install 'edgeseg[trt]'`")
-PRECISIONS = ("fp32", "fp16", "int8")
 GRIDSAMPLE_SINCE = (8, 5)  # native GridSample layer
 DEFAULT_OPT = (360, 480)
 
@@ -97,14 +95,6 @@ def plan_build(version: str | tuple, graph_precision: str, precision: str | None
 
 
 # ---------------------------------------------------------------- shapes
-def parse_hxw(text: str) -> tuple[int, int]:
-    h, _, w = str(text).lower().partition("x")
-    try:
-        return int(h), int(w or h)
-    except ValueError:
-        raise EdgesegError(f"bad size {text!r}; use HxW, e.g. 360x480") from None
-
-
 def input_shape(meta: dict, n: int, h: int, w: int) -> tuple[int, int, int, int]:
     return (n, h, w, 3) if meta["input"]["layout"] == "NHWC" else (n, 3, h, w)
 
@@ -128,11 +118,6 @@ def make_profile(meta: dict, opt: tuple[int, int] | None = None, min_hw: tuple[i
 
 
 # ---------------------------------------------------------------- engine cache
-def engine_cache_dir() -> Path:
-    return Path(os.environ.get("EDGESEG_ENGINE_CACHE") or Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache")
-                / "edgeseg" / "engines")
-
-
 def cache_key(onnx_sha256: str, trt_version: str, device: dict, precision: str, profile: dict, dla_core: int | None = None) -> str:
     """Engines are valid for one model, TensorRT version, GPU model, precision and shape profile."""
     blob = json.dumps({"onnx": onnx_sha256, "tensorrt": trt_version, "precision": precision, "profile": profile,
@@ -141,7 +126,7 @@ def cache_key(onnx_sha256: str, trt_version: str, device: dict, precision: str, 
 
 
 def cached_engine(stem: str, key: str) -> Path:
-    return engine_cache_dir() / f"{stem}-{key[:16]}.engine"
+    return cache_dir("engines") / f"{stem}-{key[:16]}.engine"
 
 
 # ---------------------------------------------------------------- TensorRT 8.x calibration data
@@ -166,31 +151,6 @@ def sidecar(*, trt_version: str, device: dict, plan: BuildPlan, profile: dict, o
             "profiles": [profile], "dla_core": dla_core, "workspace_mb": workspace_mb,
             "source": {"onnx": str(onnx_path), "sha256": onnx_sha256}, META_KEY: meta, "cache_key": key,
             "build_seconds": round(seconds, 1)}
-
-
-# ---------------------------------------------------------------- the TensorRT part
-def import_tensorrt():
-    try:
-        import tensorrt as trt
-    except ImportError:  # also an installed stub whose libraries are missing
-        raise EdgesegError(INSTALL_HINT) from None
-    return trt
-
-
-def gpu_info() -> dict:
-    """Name and compute capability of GPU 0 (cuda-python)."""
-    try:
-        from cuda import cudart
-    except ImportError:
-        try:
-            from cuda.bindings import runtime as cudart
-        except ImportError:
-            raise EdgesegError("cuda-python is not installed: `pip install 'edgeseg[trt]'`") from None
-    err, props = cudart.cudaGetDeviceProperties(0)
-    if int(err) != 0:
-        raise EdgesegError(f"no usable NVIDIA GPU ({err}); TensorRT engines are built on the GPU they run on")
-    name = props.name.decode(errors="replace").rstrip("\x00") if isinstance(props.name, bytes) else str(props.name)
-    return {"name": name, "compute_capability": f"{props.major}.{props.minor}"}
 
 
 @dataclass
@@ -234,10 +194,10 @@ def build_engine(req: BuildRequest, log=print) -> dict:
     if req.use_cache and cached.is_file() and cached.with_suffix(".engine.json").is_file():
         log(f"build: cached engine {cached}")
         if out != cached:
-            for src, dst in ((cached, out), (_json(cached), _json(out))):
+            for src, dst in ((cached, out), (sidecar_path(cached), sidecar_path(out))):
                 with atomic_path(dst) as tmp:
                     shutil.copyfile(src, tmp)
-        return json.loads(_json(out).read_text())
+        return json.loads(sidecar_path(out).read_text())
 
     logger = trt.Logger(trt.Logger.WARNING)
     if OP_TYPE in ops:
@@ -289,13 +249,9 @@ def build_engine(req: BuildRequest, log=print) -> dict:
     for path in targets:
         with atomic_path(path) as tmp:
             tmp.write_bytes(bytes(blob))
-        write_json(_json(path), info)
+        write_json(sidecar_path(path), info)
     log(f"build: {out} ({len(bytes(blob)) / 1e6:.1f} MB, {info['build_seconds']} s)")
     return info
-
-
-def _json(engine: Path) -> Path:
-    return engine.with_name(engine.name + ".json")
 
 
 def _timing_cache(config, path: Path | None):
@@ -316,7 +272,7 @@ def _calibrator(trt, req: BuildRequest, meta: dict, profile: dict, key: str):
         raise EdgesegError(f"TensorRT {trt.__version__} builds INT8 from this fp32 graph with a calibrator: pass --calib DIR "
                            f"(or build the int8 Q/DQ export, which needs none)")
     batches = list(calibration_batches(read_images(pick(image_files(req.calib, "train"), req.calib_images)), meta, profile["opt"]))
-    cache_path = engine_cache_dir() / f"{req.onnx.stem}-{key[:16]}.calib"
+    cache_path = cache_dir("engines") / f"{req.onnx.stem}-{key[:16]}.calib"
 
     class EntropyCalibrator(trt.IInt8EntropyCalibrator2):
         def __init__(self):

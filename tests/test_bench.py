@@ -10,12 +10,13 @@ import numpy as np
 import pytest
 
 from edgeseg.benchmark.bench import parse_request
-from edgeseg.benchmark.grid import Grid, Settings, parse_size
+from edgeseg.benchmark.grid import Grid, Settings
 from edgeseg.benchmark.machine import best_peaks, peak_for
 from edgeseg.benchmark.report import pareto_front
 from edgeseg.benchmark.timing import cpu_seconds, measure, others_share
 from edgeseg.cli import main
 from edgeseg.errors import EdgesegError
+from edgeseg.sizes import parse_hw
 
 
 def test_pareto_front_against_brute_force():
@@ -42,7 +43,7 @@ def test_parse_request_and_bad_input():
         with pytest.raises(EdgesegError, match=match):
             parse_request(**args)
     with pytest.raises(EdgesegError):
-        parse_size("360x")
+        parse_hw("360x")
 
 
 @pytest.mark.parametrize("argv, named", [(["--arch", "nosuch"], "nosuch"), (["--size", "big"], "big"),

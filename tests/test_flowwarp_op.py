@@ -1,6 +1,6 @@
 """The edgeseg::FlowWarp ONNX Runtime CPU op against F.grid_sample built from DESIGN.md's definition.
 
-The op library is built once per test session with `edgeseg.kernels.build()` (CMake, seconds; a no-op
+The op library is built once per test session with `edgeseg.kernels.cmake.build()` (CMake, seconds; a no-op
 when up to date); the tests skip with the build's own reason when this machine cannot build it.
 """
 from __future__ import annotations
@@ -14,9 +14,11 @@ import torch.nn.functional as F
 from onnx import TensorProto, helper
 
 from edgeseg import kernels
+from edgeseg.kernels import cmake
 from edgeseg.data import normalize
 from edgeseg.errors import EdgesegError
 from edgeseg.models.layers import flow_warp
+from edgeseg.runtime.backends.ort import ort_session
 
 ONNX_TYPE = {np.float32: TensorProto.FLOAT, np.float16: TensorProto.FLOAT16}
 
@@ -24,7 +26,7 @@ ONNX_TYPE = {np.float32: TensorProto.FLOAT, np.float16: TensorProto.FLOAT16}
 @pytest.fixture(scope="session")
 def ort_ops() -> str:
     try:
-        summary = kernels.build(log=lambda *_: None)
+        summary = cmake.build(log=lambda *_: None)
     except EdgesegError as e:
         pytest.skip(f"kernels not built: {e}")
     if "edgeseg_ort_ops" not in summary["built"]:
@@ -44,8 +46,7 @@ def flowwarp_model(align_corners: int | None = 1, dtype=np.float32, flow_dtype=N
 
 
 def session(model: bytes, threads: int = 2) -> ort.InferenceSession:
-    so = kernels.ort_session_options_for(model, threads=threads)
-    return ort.InferenceSession(model, so, providers=["CPUExecutionProvider"])
+    return ort_session(model, threads=threads)
 
 
 def run(x: np.ndarray, flow: np.ndarray, align_corners: int = 1, threads: int = 2) -> np.ndarray:
@@ -179,27 +180,29 @@ def test_bad_align_corners_is_refused(ort_ops):
         session(flowwarp_model(align_corners=2))
 
 
-def test_register_only_when_the_model_uses_flowwarp(ort_ops, tmp_path):
-    path = tmp_path / "flowwarp.onnx"
-    path.write_bytes(flowwarp_model())
-    plain = helper.make_model(helper.make_graph([helper.make_node("Relu", ["a"], ["b"])], "g", [], []), ir_version=9)
-    assert kernels.uses_flowwarp(path) and kernels.uses_flowwarp(path.read_bytes())
-    assert not kernels.uses_flowwarp(plain) and not kernels.uses_flowwarp(plain.SerializeToString())
-    assert kernels.register_ort_ops(ort.SessionOptions(), str(path)) is True
-    assert kernels.register_ort_ops(ort.SessionOptions(), plain) is False
+def test_registered_whenever_built(ort_ops):
+    """As mmdeploy does: the library goes on every session once built; a model without the op does not notice."""
+    assert kernels.register_ort_ops(ort.SessionOptions()) is True
+    plain = helper.make_model(helper.make_graph([helper.make_node("Relu", ["a"], ["b"])], "g",
+                                                [helper.make_tensor_value_info("a", TensorProto.FLOAT, [2])],
+                                                [helper.make_tensor_value_info("b", TensorProto.FLOAT, [2])]),
+                              opset_imports=[helper.make_opsetid("", 17)], ir_version=9)
+    out = ort_session(plain).run(None, {"a": np.array([-1.0, 2.0], np.float32)})[0]
+    assert out.tolist() == [0.0, 2.0]
 
 
 def test_missing_library_says_how_to_build(tmp_path, monkeypatch):
-    monkeypatch.setenv("EDGESEG_KERNELS_DIR", str(tmp_path))
+    monkeypatch.setenv("EDGESEG_CACHE", str(tmp_path))
     monkeypatch.setattr(kernels, "source_dir", lambda: None)
-    with pytest.raises(EdgesegError, match="edgeseg kernels build"):
-        kernels.register_ort_ops(ort.SessionOptions(), flowwarp_model())
+    assert kernels.register_ort_ops(ort.SessionOptions()) is False
+    with pytest.raises(EdgesegError, match=r"uses the edgeseg::FlowWarp op, which is not built.*edgeseg kernels build"):
+        ort_session(flowwarp_model())
 
 
 def test_not_an_onnx_file(tmp_path):
     bad = tmp_path / "bad.onnx"
     bad.write_bytes(b"\x0a\xff\xff\xff")
-    with pytest.raises(EdgesegError, match="not a valid ONNX file"):
-        kernels.uses_flowwarp(bad)
-    with pytest.raises(EdgesegError, match="cannot read ONNX model"):
-        kernels.uses_flowwarp(tmp_path / "missing.onnx")
+    with pytest.raises(EdgesegError, match="bad.onnx: ONNX Runtime cannot load the model"):
+        ort_session(bad)
+    with pytest.raises(EdgesegError, match="missing.onnx: ONNX Runtime cannot load the model"):
+        ort_session(tmp_path / "missing.onnx")

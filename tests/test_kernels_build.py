@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 
 from edgeseg import kernels
+from edgeseg.kernels import cmake
 from edgeseg.cli import main
 from edgeseg.errors import EdgesegError
 
@@ -19,7 +20,7 @@ from edgeseg.errors import EdgesegError
 @pytest.fixture(scope="module")
 def summary() -> dict:
     try:
-        return kernels.build(log=lambda *_: None)
+        return cmake.build(log=lambda *_: None)
     except EdgesegError as e:
         pytest.skip(f"kernels not built: {e}")
 
@@ -34,7 +35,7 @@ def test_every_target_is_built_or_skipped_with_a_reason(summary):
 @pytest.mark.skipif(shutil.which("nvcc") is None, reason="no CUDA compiler (nvcc) on PATH")
 def test_cuda_kernel_compiles_for_the_configured_architectures(summary):
     assert "edgeseg_flowwarp_cuda" in summary["built"]
-    lib = Path(kernels.info()["cuda"])
+    lib = Path(cmake.info()["cuda"])
     symbols = subprocess.run(["nm", "-C", str(lib)], capture_output=True, text=True, check=True).stdout
     for dtype in ("float", "__half"):
         assert f"T edgeseg::flowwarp_cuda({dtype} const*" in symbols
@@ -68,7 +69,7 @@ def test_kernels_info_cli(summary, capsys):
 def test_build_without_sources_says_so(monkeypatch):
     monkeypatch.setattr(kernels, "source_dir", lambda: None)
     with pytest.raises(EdgesegError, match="source checkout"):
-        kernels.build()
+        cmake.build()
 
 
 def test_kernels_module_is_torch_free():

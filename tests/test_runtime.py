@@ -68,9 +68,14 @@ def test_backend_rejects_input_that_does_not_fit(tmp_path):
 def test_open_backend_errors_name_the_problem(tmp_path, sfnet_model):
     with pytest.raises(EdgesegError, match="missing.onnx: model file not found"):
         open_backend(tmp_path / "missing.onnx")
-    (tmp_path / "m.pt").write_bytes(b"x")
-    with pytest.raises(EdgesegError, match=r"unknown model format '\.pt'.*edgeseg export"):
+    (tmp_path / "m.xyz").write_bytes(b"x")
+    with pytest.raises(EdgesegError, match=r"unknown model format '\.xyz'.*edgeseg export"):
+        open_backend(tmp_path / "m.xyz")
+    (tmp_path / "m.pt").write_bytes(b"x")  # checkpoints open with the torch backend
+    with pytest.raises(EdgesegError, match=r"m.pt: not a readable edgeseg checkpoint"):
         open_backend(tmp_path / "m.pt")
+    with pytest.raises(EdgesegError, match=r"--backend ort-cpu runs ONNX files; export the checkpoint"):
+        open_backend(tmp_path / "m.pt", "ort-cpu")
     (tmp_path / "garbage.onnx").write_bytes(b"not a protobuf" * 10)
     with pytest.raises(EdgesegError, match="garbage.onnx"):
         open_backend(tmp_path / "garbage.onnx")
@@ -184,8 +189,13 @@ def test_model_size():
         model_size((360, 480), meta, requested=(250, 320))
     with pytest.raises(EdgesegError, match="this model only takes 256x256"):
         model_size((360, 480), meta, fixed=(256, 256), requested=(128, 128))
+    trained = camvid_meta(size_divisor=8, train_size=[360, 480])  # the frame scaled down to the training size
+    assert model_size((576, 768), trained) == (360, 480)
+    assert model_size((720, 1280), trained) == (272, 480)  # aspect kept, rounded to the divisor
+    assert model_size((240, 320), trained) == (240, 320)  # never upscaled
+    assert model_size((576, 768), trained, requested=(576, 768)) == (576, 768)
     assert parse_size("360x480") == (360, 480)
-    for bad in ("360", "ax4", "0x4"):
+    for bad in ("ax4", "0x4", "20x20", "8x8", "100000x100000"):
         with pytest.raises(EdgesegError, match="size"):
             parse_size(bad)
 

@@ -148,7 +148,7 @@ def _have_gpu_tensorrt() -> str | None:
     if importlib.util.find_spec("tensorrt") is None:
         return "TensorRT is not installed"
     try:
-        from edgeseg.export.tensorrt import gpu_info
+        from edgeseg.runtime.trt import gpu_info
 
         gpu_info()
     except Exception as e:  # no driver, no GPU, no cuda-python

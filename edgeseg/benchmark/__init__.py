@@ -2,8 +2,8 @@
 
 bench    benchmark(request, settings, out): the whole run (CLI entry), report header
 grid     the grid of rows, preparation in this process, one worker process per row, failures as rows
-worker   one row in its own process: open the runtime, check its output, time it, memory, optional mIoU
-peers    the runtimes behind one call: PyTorch eager / torch.compile, edgeseg's ONNX Runtime and TensorRT backends, OpenCV DNN
+worker   one row in its own process: open the backend (edgeseg.runtime.backends: the same registry `run` and `eval`
+         use), check its output, time it, memory, optional mIoU
 sources  zoo archs with random weights, checkpoints and shipped models; reference inputs and outputs
 exports  the ONNX / engine files of a row, made and cached by the export stage
 flops    FLOPs and parameters from the ONNX graph

@@ -7,11 +7,14 @@ import time
 from pathlib import Path
 
 from edgeseg.benchmark import baseline as compare_with
-from edgeseg.benchmark import peers, report
-from edgeseg.benchmark.grid import Grid, Settings, parse_list, parse_size
+from edgeseg.benchmark import report
+from edgeseg.benchmark.grid import Grid, Settings, parse_list
 from edgeseg.benchmark.machine import best_peaks, machine_info, measure_peaks
 from edgeseg.benchmark.sources import reference_image, resolve
 from edgeseg.errors import EdgesegError
+from edgeseg.meta import PRECISIONS
+from edgeseg.runtime.backends import BACKENDS
+from edgeseg.sizes import parse_hw_list
 
 
 def parse_request(arch: str | None, model: str | None, backend: str, precision: str, size: str, batch: str) -> dict:
@@ -29,9 +32,9 @@ def parse_request(arch: str | None, model: str | None, backend: str, precision: 
             raise EdgesegError(f"bad batch size {b!r}; give positive integers, e.g. --batch 1,4")
         batches.append(int(b))
     return {"archs": archs, "models": [m.strip() for m in (model or "").split(",") if m.strip()],
-            "backends": parse_list(backend, peers.BACKENDS, "backend"),
-            "precisions": parse_list(precision, peers.PRECISIONS, "precision"),
-            "sizes": [parse_size(s) for s in size.split(",") if s.strip()], "batches": batches}
+            "backends": parse_list(backend, BACKENDS, "backend"),
+            "precisions": parse_list(precision, PRECISIONS, "precision"),
+            "sizes": list(parse_hw_list(size)), "batches": batches}
 
 
 def benchmark(request: dict, settings: Settings, out: Path, *, command: str = "", progress: bool = True,

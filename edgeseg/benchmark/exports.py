@@ -48,7 +48,7 @@ def onnx_file(src: Source, precision: str, target: str, data: Path | None, eval_
 
 def graph_for(backend: str, graphs: dict[str, Path]) -> str:
     """The graph a row runs: the FlowWarp one on ONNX Runtime where it was made (OpenCV and TensorRT parse GridSample)."""
-    return "flowwarp-plugin" if backend == "ort" and "flowwarp-plugin" in graphs else "plain"
+    return "flowwarp-plugin" if backend in ("ort", "ort-cpu") and "flowwarp-plugin" in graphs else "plain"
 
 
 def engine_file(onnx_path: Path, size: tuple[int, int], batch: int, cache: Path) -> Path:

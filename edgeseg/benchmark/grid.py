@@ -18,13 +18,14 @@ from pathlib import Path
 
 from tqdm import tqdm
 
-from edgeseg.benchmark import peers
 from edgeseg.benchmark.exports import engine_file, graph_for, onnx_file
 from edgeseg.benchmark.flops import count_flops, count_params
 from edgeseg.benchmark.machine import peak_for
-from edgeseg.benchmark.sources import Source, fit, reference
+from edgeseg.benchmark.sources import Source, reference
 from edgeseg.benchmark.timing import cpu_seconds, others_share
 from edgeseg.errors import EdgesegError
+from edgeseg.runtime.backends import missing_requirement
+from edgeseg.sizes import fit
 from edgeseg.fileio import write_json
 
 
@@ -44,13 +45,6 @@ class Settings:
     cache: Path = Path(".")
 
 
-def parse_size(text: str) -> tuple[int, int]:
-    h, sep, w = text.strip().lower().partition("x")
-    if not sep or not h.isdigit() or not w.isdigit() or int(h) < 1 or int(w) < 1:
-        raise EdgesegError(f"bad size {text!r}; write HEIGHTxWIDTH, e.g. 360x480")
-    return int(h), int(w)
-
-
 def parse_list(text: str, allowed, what: str) -> list[str]:
     items = [t.strip() for t in text.split(",") if t.strip()]
     bad = [t for t in items if t not in allowed]
@@ -59,9 +53,20 @@ def parse_list(text: str, allowed, what: str) -> list[str]:
     return list(dict.fromkeys(items))
 
 
+TORCH_BACKENDS = ("torch", "torch-compile")
+
+
 def int8_target(backend: str) -> str:
-    """ONNX Runtime and OpenCV on the CPU run the x86 placement; TensorRT the strongly typed one."""
-    return "tensorrt" if backend == "tensorrt" else "cpu"
+    """ONNX Runtime and OpenCV on the CPU run the x86 placement; TensorRT (native or as ORT's provider) the strongly
+    typed one."""
+    return "tensorrt" if backend in ("tensorrt", "ort-trt") else "cpu"
+
+
+def unsupported(backend: str, precision: str) -> str | None:
+    """Why a combination cannot run (a skipped row), or None."""
+    if backend in TORCH_BACKENDS and precision == "int8":
+        return "int8 is a Q/DQ ONNX graph: it runs on ort, opencv or tensorrt"
+    return missing_requirement(backend)
 
 
 class Grid:
@@ -80,7 +85,7 @@ class Grid:
                 for batch in self.batches:
                     for precision in self.precisions:
                         for backend in self.backends:
-                            why = peers.unsupported(backend, precision) or (backend == "tensorrt" and peers.tensorrt_missing())
+                            why = unsupported(backend, precision)
                             if why:
                                 skip = {"model": src.name, "backend": backend, "precision": precision, "reason": why}
                                 if skip not in self.skipped:
@@ -125,7 +130,7 @@ class Grid:
         if ("flops", run_size) not in src.memo:
             src.memo[("flops", run_size)] = count_flops(fp32, (1, 3, *run_size))["total"]
         row["gflop"] = src.memo[("flops", run_size)] / 1e9
-        if backend not in ("torch", "compile"):
+        if backend not in TORCH_BACKENDS:
             graphs = self.export(src, precision, int8_target(backend))
             graph = graph_for(backend, graphs)
             files["onnx"] = str(graphs[graph])

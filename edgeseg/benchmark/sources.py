@@ -8,7 +8,6 @@ output is checked, are cached beside them.
 from __future__ import annotations
 
 import hashlib
-import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -16,11 +15,6 @@ import numpy as np
 
 from edgeseg.data import CAMVID, ClassInfo, normalize
 from edgeseg.errors import EdgesegError
-
-
-def default_cache() -> Path:
-    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
-    return Path(base) / "edgeseg" / "bench"
 
 
 @dataclass
@@ -102,11 +96,6 @@ def resolve(archs: list[str], models: list[str], classes: ClassInfo | None, cach
                                f"{classes.num_classes}; benchmark it on matching data or without --data")
         sources.append(src)
     return sources
-
-
-def fit(size: tuple[int, int], divisor: int) -> tuple[int, int]:
-    """The size rounded up to the model's size divisor (what the runtime would pad or resize to)."""
-    return tuple(-(-s // divisor) * divisor for s in size)
 
 
 def reference_image(data: Path | None, split: str) -> np.ndarray:

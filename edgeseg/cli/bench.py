@@ -8,8 +8,9 @@ def add_arguments(p) -> None:
     p.add_argument("--arch", default=None, help="zoo architectures with random weights: all or a,b (default: all, unless --model)")
     p.add_argument("--model", default=None, help="checkpoints (.pt) or shipped names, comma-separated (mIoU measured with --data)")
     p.add_argument("--backend", default="torch,ort,opencv,tensorrt",
-                   help="comma-separated: torch, compile (torch.compile: 20-120 s of compiling per model and size on 2 cores), ort, opencv, "
-                        "tensorrt (skipped where it is not installed)")
+                   help="comma-separated backend names (the same as `edgeseg run --backend`): torch, torch-compile (20-120 s of "
+                        "compiling per model and size on 2 cores), ort (ONNX Runtime, CUDA if present), ort-cpu, ort-cuda, "
+                        "ort-trt, opencv, tensorrt; a backend whose package is missing is skipped with the reason")
     p.add_argument("--precision", default="fp32", help="comma-separated: fp32, fp16, int8")
     p.add_argument("--size", default="360x480", help="input sizes HxW, comma-separated (rounded up to each model's size divisor)")
     p.add_argument("--batch", default="1", help="batch sizes, comma-separated")
@@ -21,7 +22,7 @@ def add_arguments(p) -> None:
     p.add_argument("--min-runs", type=int, default=10, help="and at least this many runs")
     p.add_argument("--warmup", type=int, default=2, help="untimed runs before measuring")
     p.add_argument("--row-timeout", type=float, default=900.0, help="seconds after which a row is stopped and reported as failed")
-    p.add_argument("--cache", default=None, help="where exports and random-weight checkpoints are kept (default ~/.cache/edgeseg/bench)")
+    p.add_argument("--cache", default=None, help="where exports and random-weight checkpoints are kept (default: $EDGESEG_CACHE/bench, else ~/.cache/edgeseg/bench)")
     p.add_argument("--baseline", default=None,
                    help="bench.json of an earlier run: each row's latency over the same row's there, and a summary")
     p.add_argument("--out", required=True, help="folder for bench.md, bench.csv, bench.json, bench.png, machine.json")
@@ -33,9 +34,12 @@ def run(args) -> int:
 
     from edgeseg.benchmark.bench import benchmark, parse_request
     from edgeseg.benchmark.grid import Settings
-    from edgeseg.benchmark.sources import default_cache
     from edgeseg.errors import EdgesegError
+    from edgeseg.paths import cache_dir
 
+    from edgeseg.outputs import check_output
+
+    check_output(args.out, "--out", folder=True, inputs=[args.data] if args.data else [])  # before hours of rows
     request = parse_request(args.arch, args.model, args.backend, args.precision, args.size, args.batch)
     if args.min_time < 0 or args.min_runs < 1 or args.warmup < 0:
         raise EdgesegError("--min-time must be >= 0, --min-runs >= 1 and --warmup >= 0")
@@ -43,7 +47,7 @@ def run(args) -> int:
         raise EdgesegError(f"--eval-limit {args.eval_limit}: give a positive number of images")
     settings = Settings(min_time=args.min_time, min_runs=args.min_runs, warmup=args.warmup, threads=args.threads,
                         data=Path(args.data) if args.data else None, split=args.split, eval_limit=args.eval_limit,
-                        row_timeout=args.row_timeout, cache=Path(args.cache) if args.cache else default_cache())
+                        row_timeout=args.row_timeout, cache=Path(args.cache) if args.cache else cache_dir("bench"))
     doc = benchmark(request, settings, Path(args.out), command="edgeseg bench " + " ".join(sys.argv[2:]),
                     baseline=args.baseline)
     print(Path(doc["files"]["table"]).read_text())

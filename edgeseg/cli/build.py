@@ -1,19 +1,9 @@
 """`edgeseg build`: a TensorRT engine (+ ENGINE.json sidecar) from an exported ONNX."""
 from __future__ import annotations
 
+from edgeseg.sizes import argparse_hw
+
 HELP = "build a TensorRT engine from an exported ONNX (needs TensorRT and an NVIDIA GPU)"
-
-
-def _hxw(text: str):
-    import argparse
-
-    from edgeseg.errors import EdgesegError
-    from edgeseg.export.tensorrt import parse_hxw
-
-    try:
-        return parse_hxw(text)
-    except EdgesegError as e:
-        raise argparse.ArgumentTypeError(str(e)) from None
 
 
 def _batch(text: str):
@@ -34,16 +24,16 @@ def add_arguments(p) -> None:
                    help="engine file; when omitted, in the engine cache (~/.cache/edgeseg/engines)")
     p.add_argument("--precision", choices=["fp32", "fp16", "int8"], default=None,
                    help="when omitted, the ONNX's own; TensorRT >= 10 takes it from the graph, 8.x sets builder flags")
-    p.add_argument("--opt", type=_hxw, default=None, metavar="HxW", help="size the engine is tuned for; when omitted, 360x480")
-    p.add_argument("--min", type=_hxw, default=None, metavar="HxW", help="smallest input size; when omitted, half of --opt")
-    p.add_argument("--max", type=_hxw, default=None, metavar="HxW", help="largest input size; when omitted, twice --opt")
+    p.add_argument("--opt", type=argparse_hw, default=None, metavar="HxW", help="size the engine is tuned for; when omitted, 360x480")
+    p.add_argument("--min", type=argparse_hw, default=None, metavar="HxW", help="smallest input size; when omitted, half of --opt")
+    p.add_argument("--max", type=argparse_hw, default=None, metavar="HxW", help="largest input size; when omitted, twice --opt")
     p.add_argument("--batch", type=_batch, default=(1, 1, 1), metavar="N|MIN,OPT,MAX", help="batch sizes of the profile")
     p.add_argument("--workspace", type=int, default=None, metavar="MB", help="builder workspace limit")
     p.add_argument("--dla", type=int, default=None, metavar="N",
                    help="build for DLA core N (Jetson Xavier / Orin), GPU fallback on")
     p.add_argument("--timing-cache", default=None, metavar="FILE", help="read and update this timing cache (faster rebuilds)")
     p.add_argument("--calib", default=None, metavar="DIR", help="TensorRT 8.x INT8 from an fp32 ONNX: calibration images")
-    p.add_argument("--calib-images", type=int, default=32)
+    p.add_argument("--calib-images", type=int, default=32, help="calibration images (INT8 on TensorRT 8.x)")
     p.add_argument("--no-cache", dest="use_cache", action="store_false", help="build even when the engine cache has it")
     p.add_argument("--triton-repo", default=None, metavar="DIR", help="also add the engine to this Triton model repository")
 
@@ -60,12 +50,13 @@ def run(args) -> int:
     info = build_engine(req)
     if args.triton_repo:
         from edgeseg.export.tensorrt import cached_engine
-        from edgeseg.kernels import LIBRARIES, find_library, uses_flowwarp
+        from edgeseg.export.graph import load
+        from edgeseg.kernels import DOMAIN, LIBRARIES, find_library
         from edgeseg.meta import META_KEY
         from edgeseg.export.triton import add_model
 
         engine = req.out or cached_engine(req.onnx.stem, info["cache_key"])
-        plugin = str(find_library("trt") or LIBRARIES["trt"]) if uses_flowwarp(req.onnx) else None
+        plugin = str(find_library("trt") or LIBRARIES["trt"]) if any(n.domain == DOMAIN for n in load(req.onnx).graph.node) else None
         folder = add_model(args.triton_repo, f"{req.onnx.stem.replace('.', '_')}_trt", engine, info[META_KEY], engine=True,
                            plugin=plugin)
         print(f"triton: {folder}")

@@ -9,7 +9,7 @@ HELP = "build the native FlowWarp kernels (ONNX Runtime CPU op, CUDA, TensorRT p
 def add_arguments(p) -> None:
     sub = p.add_subparsers(dest="action", metavar="ACTION", required=True)
     b = sub.add_parser("build", help="configure and build with CMake; says what it built and what it skipped and why")
-    b.add_argument("--build-dir", help="build folder (default: $EDGESEG_KERNELS_DIR or ~/.cache/edgeseg/kernels)")
+    b.add_argument("--build-dir", help="build folder (default: $EDGESEG_CACHE/kernels, else ~/.cache/edgeseg/kernels)")
     b.add_argument("--cuda-arch", help="CUDA architectures, e.g. '87' or '75;86;87' (default: every one this nvcc supports of 53;72;75;86;87;89;90)")
     b.add_argument("--ort-include", help="folder with ONNX Runtime's onnxruntime_c_api.h (default: fetch Debian's libonnxruntime-dev headers)")
     b.add_argument("--tensorrt-root", help="TensorRT install root (default: $TENSORRT_ROOT or standard paths)")
@@ -19,13 +19,13 @@ def add_arguments(p) -> None:
 
 
 def run(args) -> int:
-    from edgeseg import kernels
+    from edgeseg.kernels import cmake
 
     if args.action == "build":
-        summary = kernels.build(args.build_dir, cuda_archs=args.cuda_arch, ort_include=args.ort_include,
+        summary = cmake.build(args.build_dir, cuda_archs=args.cuda_arch, ort_include=args.ort_include,
                                 tensorrt_root=args.tensorrt_root, clean=args.clean)
         return 0 if summary["built"] else 1
-    found = kernels.info()
+    found = cmake.info()
     if args.json:
         print(json.dumps(found, indent=2))
         return 0
