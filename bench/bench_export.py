@@ -28,11 +28,12 @@ import torch
 from edgeseg.data import SegFolder, read_image
 from edgeseg.export import export_model
 from edgeseg.export.graph import get_meta, load
-from edgeseg.export.pipeline import default_data_root
 from edgeseg.export.validate import image_files, miou, model_input
 from edgeseg.fileio import write_text
 from edgeseg.models import checkpoint
-from edgeseg.models.predictor import TorchPredictor
+from edgeseg.paths import data_root
+from edgeseg.runtime.backends.ort import ort_session
+from edgeseg.runtime.backends.pytorch import TorchBackend
 
 SIZE = (360, 480)
 
@@ -54,14 +55,8 @@ def timed(fns: list, x, warmup: int, runs: int, block: int = 4) -> list[dict]:
     return [{"median_ms": statistics.median(ts), "p90_ms": float(np.percentile(ts, 90)), "runs": len(ts)} for ts in times]
 
 
-def ort_session(path, threads: int, level=ort.GraphOptimizationLevel.ORT_ENABLE_ALL):
-    from edgeseg.kernels import register_ort_ops
-
-    so = ort.SessionOptions()
-    so.intra_op_num_threads, so.inter_op_num_threads = threads, 1
-    so.graph_optimization_level = level
-    register_ort_ops(so, str(path))
-    sess = ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"])
+def ort_runner(path, threads: int, optimization: str = "all"):
+    sess = ort_session(Path(path), threads=threads, optimization=optimization)
     name = sess.get_inputs()[0].name
     return lambda x: sess.run(None, {name: x})[0]
 
@@ -105,7 +100,7 @@ def int8_variants(fp32: Path, calib_files, meta: dict, work: Path) -> dict[str, 
 
 
 def bench_model(model: str, args, work: Path) -> list[dict]:
-    data = Path(args.data) if args.data else default_data_root()
+    data = data_root(args.data)
     val = SegFolder(data, "val")
     reports = {target: export_model(model, work / f"{Path(model).stem}-{target}", ("fp32", "int8"), data=str(data),
                                     int8_target=target, calib_images=args.calib_images, guard_images=args.images,
@@ -126,26 +121,26 @@ def bench_model(model: str, args, work: Path) -> list[dict]:
         fns.append(fn)
         print(f"  {backend} {precision} {form}: mIoU {100 * m['miou']:.2f}", flush=True)
 
-    row("PyTorch eager", "fp32", "-", TorchPredictor(net))
-    row("ONNX Runtime", "fp32", "GridSample", ort_session(path["tensorrt/fp32"], args.threads))
-    row("ONNX Runtime", "fp32", "FlowWarp op", ort_session(path["tensorrt/fp32-flowwarp"], args.threads))
+    row("PyTorch eager", "fp32", "-", TorchBackend.for_module(net))
+    row("ONNX Runtime", "fp32", "GridSample", ort_runner(path["tensorrt/fp32"], args.threads))
+    row("ONNX Runtime", "fp32", "FlowWarp op", ort_runner(path["tensorrt/fp32-flowwarp"], args.threads))
     for target, r in reports.items():
         g = r["int8"].get("guard", {})
         note = f"guard: {len(g.get('float_nodes', []))} layers left float"
-        row("ONNX Runtime", "int8", f"Q/DQ {target} form, GridSample", ort_session(path[f"{target}/int8"], args.threads), note)
+        row("ONNX Runtime", "int8", f"Q/DQ {target} form, GridSample", ort_runner(path[f"{target}/int8"], args.threads), note)
         row("ONNX Runtime", "int8", f"Q/DQ {target} form, FlowWarp op",
-            ort_session(path[f"{target}/int8-flowwarp"], args.threads), note)
+            ort_runner(path[f"{target}/int8-flowwarp"], args.threads), note)
     if args.int8_variants:
         from edgeseg.export.validate import pick
 
         calib = rep["int8"]["calibration"]
         files = pick(image_files(calib["folder"], "train"), calib["images"])
         for name, variant in int8_variants(path["tensorrt/fp32"], files, meta, work).items():
-            row("ONNX Runtime", "int8", f"{name}, FlowWarp op", ort_session(variant, args.threads))
+            row("ONNX Runtime", "int8", f"{name}, FlowWarp op", ort_runner(variant, args.threads))
         cpu = path["cpu/int8-flowwarp"]
         for level in ("EXTENDED", "BASIC"):
             row("ONNX Runtime", "int8", f"cpu form, FlowWarp op, graph optimisation {level}",
-                ort_session(cpu, args.threads, getattr(ort.GraphOptimizationLevel, f"ORT_ENABLE_{level}")))
+                ort_runner(cpu, args.threads, level.lower()))
     print("  timing ...", flush=True)
     for r, t in zip(rows, timed(fns, x, args.warmup, args.runs)):
         r.update(t)
@@ -174,7 +169,7 @@ def machine() -> str:
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--model", action="append", default=None, help="checkpoint or shipped name (repeatable; default demo)")
-    p.add_argument("--data", default=None, help="CamVid root (default ../shared/data/camvid)")
+    p.add_argument("--data", default=None, help="CamVid root (default: $EDGESEG_DATA)")
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--runs", type=int, default=20)
     p.add_argument("--warmup", type=int, default=5)

@@ -15,28 +15,20 @@ def add_arguments(p) -> None:
     p.add_argument("--json", default=None, metavar="FILE", help="write the metrics as JSON")
     p.add_argument("--tta", action="store_true", help="multi-scale (0.75, 1, 1.25) + flip test-time augmentation")
     p.add_argument("--scales", type=float_list, default=None, help="comma-separated TTA scales, e.g. 0.75,1,1.25 (implies --tta)")
-    p.add_argument("--backend", default="auto", help="runtime backend for .onnx/.engine (see `edgeseg run --help`)")
+    p.add_argument("--backend", default="auto", help="backend: auto (torch for a checkpoint, ort for an .onnx, tensorrt for an engine) or a name of `edgeseg run --help`")
     p.add_argument("--limit", type=positive_int, default=None, metavar="N", help="evaluate only the first N images")
 
 
 def _predictor(model: str, backend: str):
-    """(predictor, classes, size_divisor, mean, std, description)."""
+    """(predictor, classes, size_divisor, mean, std, description): any model through the backend registry."""
+    from edgeseg.evaluate import at_fixed_size
     from edgeseg.meta import classes_of
+    from edgeseg.runtime.backends import open_backend
 
-    if model.endswith((".onnx", ".engine")):
-        from edgeseg.runtime.backends import open_backend
-
-        be = open_backend(model, backend)
-        meta = be.meta
-        from edgeseg.evaluate import at_fixed_size
-
-        infer = at_fixed_size(be.infer, be.fixed_hw) if be.fixed_hw else be.infer
-        return infer, classes_of(meta), meta["input"]["size_divisor"], meta["input"]["mean"], meta["input"]["std"], be.name
-    from edgeseg.models import checkpoint
-    from edgeseg.models.predictor import TorchPredictor
-
-    net, rec = checkpoint.load_model(model)
-    return TorchPredictor(net), checkpoint.classes_of(rec), net.size_divisor, rec["mean"], rec["std"], "torch"
+    be = open_backend(model, backend)
+    meta = be.meta
+    infer = at_fixed_size(be, be.fixed_hw) if be.fixed_hw else be
+    return infer, classes_of(meta), meta["input"]["size_divisor"], meta["input"]["mean"], meta["input"]["std"], be.name
 
 
 def run(args) -> int:

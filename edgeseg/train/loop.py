@@ -25,7 +25,7 @@ from edgeseg.errors import EdgesegError
 from edgeseg.evaluate import evaluate
 from edgeseg.fileio import remove_stale_temporaries, write_text
 from edgeseg.models import checkpoint, create
-from edgeseg.models.predictor import TorchPredictor
+from edgeseg.runtime.backends.pytorch import TorchBackend
 from edgeseg.train.losses import median_frequency_weights, seg_loss
 from edgeseg.train.schedule import poly_lr
 
@@ -284,7 +284,7 @@ def train(cfg: TrainConfig, resume: bool = False, given: dict | None = None) -> 
         is_last = epoch + 1 == cfg.epochs
         if main and val is not None and ((epoch + 1) % cfg.val_every == 0 or is_last):
             model.eval()
-            m = evaluate(TorchPredictor(model, str(device)), val, classes, progress=False)
+            m = evaluate(TorchBackend.for_module(model, device=str(device)), val, classes, progress=False)
             row["val_miou"] = m["miou"]
             if tty:
                 bar.write(f"epoch {epoch + 1}: val mIoU {100 * m['miou']:.2f} %")
