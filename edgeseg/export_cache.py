@@ -46,7 +46,7 @@ def export_cached(model: str = "demo", precisions=("fp32", "int8"), progress: bo
     """Export a checkpoint (or shipped name) to ONNX in the cache, INT8 calibrated on the demo clip; cached by
     edgeseg.export (same checkpoint and options -> no work). Returns ({precision: path}, export report)."""
     from edgeseg.export import export_model
-    from edgeseg.fileio import sha256_file
+    from edgeseg.fileio import remove_stale_temporaries, sha256_file
     from edgeseg.kernels import prefer_ort_cpu_op
     from edgeseg.models import checkpoint
 
@@ -59,6 +59,7 @@ def export_cached(model: str = "demo", precisions=("fp32", "int8"), progress: bo
     frames = calibration_frames(CLIP, base / "calibration")
     precisions = tuple(p for p in ("fp32", "fp16", "int8") if p in {"fp32", *precisions})  # fp32 is always made
     out = base / "models" / f"{src.stem}-{sha256_file(src)[:12]}" / "+".join(precisions)
+    remove_stale_temporaries(out)  # the staging folder (.export-<pid>) of a killed export
     flowwarp = prefer_ort_cpu_op()  # a model with flow warps then runs them through the CPU op
     report = export_model(model, out, precisions, progress=progress, data=str(frames), calib=str(frames),
                           calib_images=CALIB_FRAMES, guard=False, int8_target="cpu", sizes=(VALIDATE_SIZE,),

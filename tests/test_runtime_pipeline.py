@@ -85,6 +85,20 @@ def test_latest_frame_policy_drops_stale_frames_and_counts_them(model, frames, t
     assert not s["live"] and (s["frames"], s["dropped"]) == (40, 0)
 
 
+def test_a_paced_file_runs_like_a_camera_and_its_video_keeps_the_run_s_timing(model, frames, tmp_path):
+    """--rate on a file: the latest-frame policy by default, and the video holds each written frame until the next
+    one's capture time, so it lasts as long as the run (not len(written frames) / rate)."""
+    clip = write_video(tmp_path / "long.avi", frames * 5)  # 40 frames at 200 FPS: inference cannot keep up
+    s = _run(model[0], clip, [tmp_path / "out.mp4"], source_kw={"rate": 200})
+    assert s["live"] and s["paced"] and s["dropped"] > 0
+    written = len(read_video_frames(tmp_path / "out.mp4"))
+    # frames captured during the model's warm-up come in a burst, so a little less than frames + dropped
+    assert s["frames"] + s["dropped"] / 2 < written <= s["frames"] + s["dropped"] + 1
+    assert s["stages"]["capture"]["p50"] < 1000 / 200  # decoding, not the pacing wait
+    s = _run(model[0], clip, [tmp_path / "all.mp4"])  # unpaced: every frame, once
+    assert not s["live"] and len(read_video_frames(tmp_path / "all.mp4")) == s["frames"] == 40
+
+
 def test_max_frames_and_corrupt_images_in_a_folder(model, frames, tmp_path):
     for i, f in enumerate(frames[:5]):
         cv2.imwrite(str(tmp_path / f"f{i}.png"), f)
@@ -212,6 +226,6 @@ def test_fixed_size_model_runs_any_frame_size(tmp_path, video):
 def test_status_line_is_printed(model, video, capsys):
     main(["run", "--model", str(model[0]), "--source", str(video)])
     out, err = capsys.readouterr()
-    assert "8 frames" in err and "FPS" in err and "latency p50" in err and "dropped 0" in err
+    assert "8 frames" in err and "FPS" in err and "latency p50" in err and "dropped 0" in err and f"input {SIZE[0]}x{SIZE[1]}" in err
     assert out.startswith("8 frames in") and "stages, mean ms: capture" in out
 

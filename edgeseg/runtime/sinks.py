@@ -92,6 +92,10 @@ class VideoSink(Sink):
 
     def write(self, image, index, name=None, t=None):
         if self.writer is None:
+            try:  # a folder we cannot write is a write error, not a codec problem
+                self.tmp.touch()
+            except OSError as e:
+                raise write_error(self.path, e) from None
             self.size = (image.shape[1], image.shape[0])
             self.writer = cv2.VideoWriter(str(self.tmp), cv2.VideoWriter_fourcc(*self.codec), self.fps, self.size)
             if not self.writer.isOpened():
