@@ -1,0 +1,127 @@
+"""The transformer architectures on ONNX Runtime CPU: fp32 against INT8, and which MatMuls INT8 should take.
+
+For each architecture (random weights, seed 0, CamVid's 11 classes) exports through `edgeseg.export.export_model`
+(fp32 + int8 in the cpu Q/DQ form, calibrated on --calib-images CamVid train images; no accuracy guard: random
+weights have no mIoU to keep), then writes a second int8 graph with the attention MatMuls left float: those whose
+two operands are both activations (q.k^T, softmax.v, mask embeddings . pixels, class probabilities . masks),
+where every other MatMul multiplies by a weight. All forms are timed at 360x480 on one CamVid val frame in turns
+(--threads intra-op threads, median of >= --runs after --warmup), with argmax agreement against fp32 there.
+
+    python bench/bench_transformers.py [--arch setr,segmenter,maskformer,mask2former] [--threads 2] [--out FILE]
+"""
+from __future__ import annotations
+
+import argparse
+import io
+import statistics
+import time
+import warnings
+from pathlib import Path
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+import onnxslim
+import torch
+
+from edgeseg.benchmark.flops import count_flops, count_params
+from edgeseg.data import CAMVID, read_image
+from edgeseg.export import export_model
+from edgeseg.export.graph import constant_names, get_meta, load
+from edgeseg.export.int8 import CalibrationImages, QuantConfig, quantize
+from edgeseg.export.validate import Gates, image_files, model_input, pick
+from edgeseg.fileio import write_text
+from edgeseg.models import create
+
+SIZE = (360, 480)
+ARCHS = ("setr", "segmenter", "maskformer", "mask2former")
+
+
+def activation_matmuls(model: onnx.ModelProto) -> list[str]:
+    """MatMuls with no constant operand: attention's batched products, not a layer's weights."""
+    const = constant_names(model.graph)
+    return [n.name for n in model.graph.node if n.op_type == "MatMul" and not any(i in const for i in n.input)]
+
+
+def fixed_size_gflop(model: torch.nn.Module) -> float:
+    """GFLOP at SIZE from a fixed-size export with its shape arithmetic folded (onnxslim): ONNX Runtime's symbolic
+    shape inference loses every shape after the ViT's Pad, whose pads are computed from the input size."""
+    buf = io.BytesIO()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # the TorchScript exporter's deprecation notice
+        torch.onnx.export(model, (torch.zeros(1, 3, *SIZE),), buf, dynamo=False, opset_version=17)
+    return count_flops(onnxslim.slim(onnx.load_from_string(buf.getvalue())), (1, 3, *SIZE))["total"] / 1e9
+
+
+def session(path: Path, threads: int):
+    so = ort.SessionOptions()
+    so.intra_op_num_threads, so.inter_op_num_threads = threads, 1
+    sess = ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"])
+    name = sess.get_inputs()[0].name
+    return lambda x: sess.run(None, {name: x})[0]
+
+
+def timed(fns: list, x: np.ndarray, warmup: int, runs: int, block: int = 4) -> list[float]:
+    """Median ms of each function, run in turns of `block` (the first of each turn dropped) so that load from
+    other processes falls on all of them alike."""
+    for fn in fns:
+        for _ in range(warmup):
+            fn(x)
+    times: list[list[float]] = [[] for _ in fns]
+    for _ in range(-(-runs // (block - 1))):
+        for fn, ts in zip(fns, times):
+            for i in range(block):
+                t = time.perf_counter()
+                fn(x)
+                if i:
+                    ts.append(1000 * (time.perf_counter() - t))
+    return [statistics.median(ts) for ts in times]
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--arch", default=",".join(ARCHS))
+    p.add_argument("--data", default="/work/shared/data/camvid")
+    p.add_argument("--work", default="/tmp/edgeseg-bench-transformers")
+    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--runs", type=int, default=10)
+    p.add_argument("--warmup", type=int, default=2)
+    p.add_argument("--calib-images", type=int, default=8)
+    p.add_argument("--out", help="also write the Markdown table here")
+    args = p.parse_args()
+    work = Path(args.work)
+    frame = read_image(image_files(args.data, "val")[0])
+    calib = pick(image_files(args.data, "train"), args.calib_images)
+    lines = [(f"ONNX Runtime CPU, {args.threads} threads, {SIZE[0]}x{SIZE[1]}, batch 1, random weights, median ms of "
+             f">= {args.runs} runs; int8: cpu Q/DQ form, {args.calib_images} calibration images"), "",
+             ("| arch | params M | GFLOP | fp32 ms | int8 ms | int8 speed-up | int8 agreement % "
+             "| int8, attention MatMuls float: ms | speed-up | agreement % |"),
+             "|---|--:|--:|--:|--:|--:|--:|--:|--:|--:|"]
+    for arch in args.arch.split(","):
+        torch.manual_seed(0)
+        model = create(arch, CAMVID.num_classes).eval()
+        rep = export_model(model, work / arch, ("fp32", "int8"), progress=False, classes=CAMVID, name=arch,
+                           data=args.data, calib_images=args.calib_images, int8_target="cpu", guard=False,
+                           sizes=(SIZE,), validate_images=1, gates=Gates(int8_agreement=0.0))
+        fp32, int8 = (Path(rep["outputs"][k]["path"]) for k in ("fp32", "int8"))
+        graph = load(fp32)
+        meta = get_meta(graph)
+        keep = activation_matmuls(graph)
+        mixed = quantize(fp32, work / arch / f"{arch}.int8-attn-float.onnx", CalibrationImages(calib, meta),
+                         QuantConfig(target="cpu"), exclude=keep)
+        x = model_input([frame], SIZE, meta)
+        fns = [session(f, args.threads) for f in (fp32, int8, mixed)]
+        ref = fns[0](x).argmax(1)
+        agree = [100 * float((fn(x).argmax(1) == ref).mean()) for fn in fns[1:]]
+        ms = timed(fns, x, args.warmup, args.runs)
+        gflop = fixed_size_gflop(model)
+        lines.append(f"| {arch} | {count_params(graph) / 1e6:.2f} | {gflop:.1f} | {ms[0]:.1f} | {ms[1]:.1f} | "
+                     f"{ms[0] / ms[1]:.2f} | {agree[0]:.1f} | {ms[2]:.1f} | {ms[0] / ms[2]:.2f} | {agree[1]:.1f} |")
+        print(lines[-1], f"({len(keep)} attention MatMuls)", flush=True)
+    print("\n".join(lines))
+    if args.out:
+        write_text(Path(args.out), "\n".join(lines) + "\n")
+
+
+if __name__ == "__main__":
+    main()
