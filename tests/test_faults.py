@@ -10,13 +10,13 @@ import threading
 import numpy as np
 import pytest
 import torch
+from runtime_helpers import SIZE, camvid_frames, camvid_meta, conv_net, export_onnx, write_video
 
 from edgeseg.cli import main
 from edgeseg.errors import EdgesegError
 from edgeseg.fileio import remove_stale_temporaries, write_error
 from edgeseg.meta import make_meta, parse_meta
 from edgeseg.models import checkpoint, create
-from runtime_helpers import SIZE, camvid_frames, camvid_meta, conv_net, export_onnx, write_video
 
 
 def _fails(argv, message, capsys) -> str:
@@ -93,6 +93,7 @@ def test_a_new_run_never_overwrites_a_best_checkpoint(tmp_path, capsys):
     (["run", "--model", "m.onnx", "--source", "0", "--size", "100000x100000"], "between 32 and 8192"),
     (["run", "--model", "m.onnx", "--source", "0", "--rate", "-5"], "argument --rate: -5: must be greater than 0"),
     (["run", "--model", "m.onnx", "--source", "0", "--max-frames", "-1"], "argument --max-frames"),
+    (["run", "--model", "m.onnx", "--source", "0", "--input-width", "100000"], "between 32 and 8192 pixels"),
     (["train", "--arch", "a", "--data", "d", "--out", "o", "--epochs", "0"], "argument --epochs: 0: must be at least 1"),
     (["train", "--arch", "a", "--data", "d", "--out", "o", "--batch-size", "0"], "argument --batch-size"),
     (["train", "--arch", "a", "--data", "d", "--out", "o", "--batch-size", "-2"], "argument --batch-size"),

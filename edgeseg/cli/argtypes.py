@@ -23,6 +23,16 @@ def positive_int(text: str) -> int:
     return value
 
 
+def pixels(text: str) -> int:
+    """An image width or height: within the sizes every option accepts (edgeseg.sizes)."""
+    from edgeseg.sizes import MAX_SIZE, MIN_SIZE
+
+    value = _number(text, int)
+    if not MIN_SIZE <= value <= MAX_SIZE:
+        raise argparse.ArgumentTypeError(f"{text}: must be between {MIN_SIZE} and {MAX_SIZE} pixels")
+    return value
+
+
 def nonnegative_int(text: str) -> int:
     value = _number(text, int)
     if value < 0:

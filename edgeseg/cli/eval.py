@@ -14,7 +14,8 @@ def add_arguments(p) -> None:
     p.add_argument("--split", default="val", help="split to evaluate: DATA/images/<split> with DATA/labels/<split>")
     p.add_argument("--json", default=None, metavar="FILE", help="write the metrics as JSON")
     p.add_argument("--tta", action="store_true", help="multi-scale (0.75, 1, 1.25) + flip test-time augmentation")
-    p.add_argument("--scales", type=float_list, default=None, help="comma-separated TTA scales, e.g. 0.75,1,1.25 (implies --tta)")
+    p.add_argument("--scales", type=float_list, default=None,
+                   help="comma-separated TTA scales, e.g. 0.75,1,1.25 (implies --tta)")
     p.add_argument("--backend", default="auto", help="backend: auto (torch for a checkpoint, ort for an .onnx, tensorrt for an engine) or a name of `edgeseg run --help`")
     p.add_argument("--limit", type=positive_int, default=None, metavar="N", help="evaluate only the first N images")
 

@@ -17,7 +17,7 @@ SINK_HELP = ("display://, null, a video file (out.mp4, out.avi), or a folder of 
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    from edgeseg.cli.argtypes import nonnegative_int, positive_float, positive_int, unit_float
+    from edgeseg.cli.argtypes import nonnegative_int, pixels, positive_float, positive_int, unit_float
     from edgeseg.runtime.backends import BACKENDS
     from edgeseg.runtime.pipeline import POLICIES
     from edgeseg.runtime.render import VIS_MODES
@@ -40,8 +40,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    "the overlay stays at the frame's resolution")
     p.add_argument("--temporal", default="off", metavar="MODE", help=TEMPORAL_HELP)
     g = p.add_argument_group("input")
-    g.add_argument("--input-width", type=positive_int, metavar="W", help="deliver frames this wide (cameras are asked for it)")
-    g.add_argument("--input-height", type=positive_int, metavar="H", help="deliver frames this high (cameras are asked for it)")
+    g.add_argument("--input-width", type=pixels, metavar="W", help="deliver frames this wide (cameras are asked for it)")
+    g.add_argument("--input-height", type=pixels, metavar="H", help="deliver frames this high (cameras are asked for it)")
     g.add_argument("--rate", type=positive_float, metavar="FPS",
                    help="camera frame rate; files and folders are played at this rate, like a camera (latest-frame policy)")
     g.add_argument("--loop", type=nonnegative_int, nargs="?", const=-1, default=0, metavar="N",

@@ -412,7 +412,8 @@ class Pipeline:
         summary.update({
             "end": self.end_reason or self.source.end_reason or "end of stream",
             "corrupt": self.source.corrupt, "reconnects": self.source.reconnects, "wall_s": round(wall, 3),
-            "source": self.source.name, "live": self.live, "paced": self.source.paced, "frame_size": list(self.frame_hw), "model_input": list(self.model_hw),
+            "source": self.source.name, "live": self.live, "paced": self.source.paced, "frame_size": list(self.frame_hw),
+            "model_input": list(self.model_hw),
             "model": str(self.backend.path), "backend": self.backend.name, "precision": self.meta.get("precision"),
             "outputs": [s.uri for s in self.sinks],
         })

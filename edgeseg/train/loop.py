@@ -145,15 +145,20 @@ def _adopt_saved_config(cfg: TrainConfig, saved: dict, source: Path, given: dict
         if key == "data" and Path(saved[key]).resolve() == Path(mine[key]).resolve():
             continue
         if given is None or key in given:
-            changed.append(f"{flag} {saved[key]} -> {mine[key]}")
+            changed.append(f"{flag} {_shown(saved[key])} -> {_shown(mine[key])}")
         else:
-            adopted.append(f"{flag} {saved[key]}")
+            adopted.append(f"{flag} {_shown(saved[key])}")
             setattr(cfg, key, tuple(saved[key]) if key == "crop" else saved[key])
     if changed:
         raise EdgesegError(f"--resume: {source} was trained with other settings ({'; '.join(changed)}); drop those "
                            f"options to continue with the saved ones, or start a new run in another --out")
     if adopted:
         print(f"resuming with the run's saved settings: {', '.join(adopted)}")
+
+
+def _shown(value) -> str:
+    """A setting as it is written on the command line (a crop as HxW)."""
+    return "x".join(map(str, value)) if isinstance(value, list) and len(value) == 2 else str(value)
 
 
 def _worker_message(e: EdgesegError) -> str:
