@@ -10,12 +10,12 @@ import onnxruntime as ort
 import pytest
 import torch
 import torch.nn.functional as F
-from edgeseg.export.fp16 import FP32_OPS, fp32_nodes, to_fp16
-from edgeseg.export.torch_export import Deployable, export_onnx
 from onnx.reference import ReferenceEvaluator
 from onnxconverter_common import float16
 from torch import nn
 
+from edgeseg.export.fp16 import FP32_OPS, fp32_nodes, to_fp16
+from edgeseg.export.torch_export import Deployable, export_onnx
 from edgeseg.models import create
 from edgeseg.models.archs.mask2former import MSDeformAttn, attention_bias
 from edgeseg.models.archs.maskformer import SemanticInference
