@@ -35,9 +35,8 @@ def run(args) -> int:
     from edgeseg.benchmark.bench import benchmark, parse_request
     from edgeseg.benchmark.grid import Settings
     from edgeseg.errors import EdgesegError
-    from edgeseg.paths import cache_dir
-
     from edgeseg.outputs import check_output
+    from edgeseg.paths import cache_dir
 
     check_output(args.out, "--out", folder=True, inputs=[args.data] if args.data else [])  # before hours of rows
     request = parse_request(args.arch, args.model, args.backend, args.precision, args.size, args.batch)
