@@ -30,7 +30,7 @@ ODD = (65, 97)
 EXPORT_SIZES = [(64, 96), (65, 97), (40, 130)]  # rounded up to the model's size_divisor
 # The U2-Nets chain ~110 convolutions, and PyTorch's own fp32 output is up to ~4e-3 from a float64 run of the same
 # weights (their dilated taps see only padding in the 64x96 batch that sets the BN statistics): their export is held
-# to being as close to the float64 result as PyTorch's fp32 is.
+# to being within twice PyTorch's fp32 distance from the float64 result.
 DEEP = {"u2net", "u2netp"}
 
 
@@ -151,7 +151,7 @@ def test_onnx_dynamic_matches_torch(arch):
                 exact = model.double()(x.double()).numpy()
             model.float()
             err, torch_err = np.abs(got - exact).max(), np.abs(ref - exact).max()
-            assert err <= max(1e-4, 1.5 * torch_err), f"{arch} at {h}x{w}: |onnx - fp64| {err:.2e}, |torch - fp64| {torch_err:.2e}"
+            assert err <= max(1e-4, 2 * torch_err), f"{arch} at {h}x{w}: |onnx - fp64| {err:.2e}, |torch - fp64| {torch_err:.2e}"
             continue
         assert np.abs(got - ref).max() <= 1e-4, f"{arch} at {h}x{w}: max |onnx - torch| = {np.abs(got - ref).max():.2e}"
 
