@@ -28,25 +28,24 @@ class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
         return super()._get_help_string(action)
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser(command: str | None = None) -> argparse.ArgumentParser:
+    """The parser; with `command`, only that subcommand's options are built (some, like export's, import the export
+    stage to derive them: `edgeseg run` and `edgeseg --help` must not pull it in)."""
     parser = argparse.ArgumentParser(prog="edgeseg", description="Train, export, run and benchmark semantic segmentation on edge GPUs.")
     parser.add_argument("--version", action="version", version=f"edgeseg {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     for name in COMMANDS:
-        try:
-            mod = importlib.import_module(f"edgeseg.cli.{name}")
-        except ModuleNotFoundError as e:
-            if e.name != f"edgeseg.cli.{name}":
-                raise
-            continue  # not part of this build
+        mod = importlib.import_module(f"edgeseg.cli.{name}")
         p = sub.add_parser(name, help=mod.HELP, description=mod.HELP, formatter_class=HelpFormatter)
-        mod.add_arguments(p)
+        if command in (None, name):
+            mod.add_arguments(p)
         p.set_defaults(_run=mod.run)
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    words = sys.argv[1:] if argv is None else argv
+    args = build_parser(next((w for w in words if w in COMMANDS), "")).parse_args(argv)
     try:
         return args._run(args) or 0
     except EdgesegError as e:

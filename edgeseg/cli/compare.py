@@ -9,7 +9,7 @@ def add_arguments(p) -> None:
     p.add_argument("a", metavar="A", help="first model (.onnx or .engine): the reference")
     p.add_argument("b", metavar="B", help="second model (.onnx or .engine)")
     p.add_argument("--data", required=True, help="data folder (CamVid format or images/labels + classes.json)")
-    p.add_argument("--split", default="val")
+    p.add_argument("--split", default="val", help="split of --data to compare on: DATA/images/<split>")
     p.add_argument("--limit", type=int, default=None, help="compare on the first N images only")
     p.add_argument("--backend", default="ort-cpu", help="runtime backend for both (see `edgeseg run --help`)")
     p.add_argument("--per-layer", action="store_true", help="int8 sensitivity of each quantized layer: quantize it alone "
