@@ -99,44 +99,83 @@ def machine_info() -> dict:
     return info
 
 
-def _best_rate(fn, ops: float, reps: int) -> float:
-    fn()  # warm-up: thread pools, packing buffers
+def _best_rate(mm, operands, reps: int, max_n: int, min_s: float = 0.1) -> float:
+    """GOP/s of the best of `reps` products mm(a, b) of n x n operands(n); n doubles from 256 until one product
+    takes min_s (or reaches max_n), so a slow kernel (torch's int8 GEMM has a reference path) costs seconds, not minutes."""
+    n = 256
+    while True:
+        a, b = operands(n)
+        mm(a, b)  # warm-up: thread pools, packing buffers
+        t = time.perf_counter()
+        mm(a, b)
+        if time.perf_counter() - t >= min_s or n >= max_n:
+            break
+        n *= 2
     best = float("inf")
     for _ in range(reps):
         t = time.perf_counter()
-        fn()
+        mm(a, b)
         best = min(best, time.perf_counter() - t)
-    return ops / best / 1e9
+    return 2.0 * n ** 3 / best / 1e9
 
 
-def measure_peaks(threads: int | None, n: int = 4096, reps: int = 3) -> dict:
+def measure_peaks(threads: int | None, max_n: int = 4096, reps: int = 3) -> dict:
     """{"cpu": {"fp32": GFLOP/s, "int8": GOP/s}, "cuda": {"fp32", "fp16", "int8"}} measured with torch (and numpy)."""
+    import numpy as np
     import torch
 
     if threads:
         torch.set_num_threads(int(threads))
-    ops = 2.0 * n ** 3
     peaks: dict[str, dict[str, float]] = {}
     devices = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
     for dev in devices:
         sync = torch.cuda.synchronize if dev == "cuda" else (lambda: None)
         reps_dev = reps * (10 if dev == "cuda" else 1)
+
+        def mm(a, b, sync=sync):
+            return torch.mm(a, b), sync()
+
+        def int_mm(a, b, sync=sync):
+            return torch._int_mm(a, b), sync()
+
         out = {}
         dtypes = {"fp32": torch.float32} | ({"fp16": torch.float16} if dev == "cuda" else {})
         for name, dt in dtypes.items():
-            a, b = torch.randn(n, n, device=dev, dtype=dt), torch.randn(n, n, device=dev, dtype=dt)
-            out[name] = _best_rate(lambda: (torch.mm(a, b), sync()), ops, reps_dev)
+            out[name] = _best_rate(mm, lambda n, dt=dt, dev=dev: (torch.randn(n, n, device=dev, dtype=dt),
+                                                                  torch.randn(n, n, device=dev, dtype=dt)), reps_dev, max_n)
         if dev == "cpu":  # numpy's BLAS is sometimes the faster of the two: the roof is the best seen
-            a, b = a.numpy(), b.numpy()
-            out["fp32"] = max(out["fp32"], _best_rate(lambda: a @ b, ops, reps))
-        a8 = torch.randint(-128, 127, (n, n), dtype=torch.int8, device=dev)
-        b8 = torch.randint(-128, 127, (n, n), dtype=torch.int8, device=dev)
+            out["fp32"] = max(out["fp32"], _best_rate(lambda a, b: a @ b, lambda n: (
+                np.random.standard_normal((n, n)).astype(np.float32),) * 2, reps, max_n))
         try:
-            out["int8"] = _best_rate(lambda: (torch._int_mm(a8, b8), sync()), ops, reps_dev)
+            out["int8"] = _best_rate(int_mm, lambda n, dev=dev: tuple(
+                torch.randint(-128, 127, (n, n), dtype=torch.int8, device=dev) for _ in range(2)), reps_dev, max_n)
         except (RuntimeError, AttributeError):  # no int8 GEMM for this device in this torch
             pass
+        if dev == "cpu":  # torch's CPU int8 GEMM may be a reference loop; ONNX Runtime's is what int8 graphs run
+            out["int8"] = max(out.get("int8", 0.0), _ort_int8_rate(threads, reps, max_n))
         peaks[dev] = {k: round(v, 1) for k, v in out.items()}
     return peaks
+
+
+def _ort_int8_rate(threads: int | None, reps: int, max_n: int) -> float:
+    """GOP/s of ONNX Runtime's CPU MatMulInteger (uint8 x int8, the kernels of its QLinear ops)."""
+    import numpy as np
+    import onnxruntime as ort
+    from onnx import TensorProto, helper
+
+    dims = ["n", "n"]
+    graph = helper.make_graph([helper.make_node("MatMulInteger", ["a", "b"], ["y"])], "int8_peak",
+                              [helper.make_tensor_value_info("a", TensorProto.UINT8, dims),
+                               helper.make_tensor_value_info("b", TensorProto.INT8, dims)],
+                              [helper.make_tensor_value_info("y", TensorProto.INT32, dims)])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
+    opts = ort.SessionOptions()
+    opts.intra_op_num_threads = int(threads or 0)
+    sess = ort.InferenceSession(model.SerializeToString(), opts, providers=["CPUExecutionProvider"])
+    rng = np.random.default_rng(0)
+    return _best_rate(lambda a, b: sess.run(None, {"a": a, "b": b}),
+                      lambda n: (rng.integers(0, 255, (n, n), dtype=np.uint8), rng.integers(-128, 127, (n, n), dtype=np.int8)),
+                      reps, max_n)
 
 
 def best_peaks(*measured: dict) -> dict:
