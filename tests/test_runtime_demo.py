@@ -49,6 +49,11 @@ def test_demo_exports_once_and_compares_fp32_with_int8(small_demo, tmp_path, cap
         assert run["frames"] + run["dropped"] == 36 and run["precision"] == precision
         # frames dropped live are filled in: the video lasts as long as the run (36 frames at 30 FPS)
         assert run["frames"] <= len(read_video_frames(out / f"overlay_{precision}.mp4")) <= 36 + 3
+    temporal = summary["runs"]["int8 + temporal auto"]  # the third row: INT8 on key frames, warped in between
+    t = temporal["temporal"]
+    assert t["key_frames"] >= 1 and t["key_frames"] + t["warped_frames"] == temporal["frames"]
+    assert "| int8 + temporal auto | ort-cpu |" in table and "key frames" in table
+    assert temporal["frames"] <= len(read_video_frames(out / "overlay_int8_temporal.mp4")) <= 36 + 3
     assert 0.5 < summary["export"]["int8_argmax_agreement"] <= 1
     models = list((tmp_path / "cache" / "exports" / "models").glob("*/fp32+int8"))
     assert len(models) == 1 and len(list((tmp_path / "cache" / "exports" / "calibration").glob("*.png"))) == 32

@@ -10,7 +10,9 @@ from pathlib import Path
 
 from edgeseg import export_cache
 
-HELP = "run the shipped model on the demo clip (or --source): ONNX fp32 vs INT8, overlay videos and a latency table"
+TEMPORAL_ROW = "int8 + temporal {}"
+HELP = ("run the shipped model on the demo clip (or --source): ONNX fp32 vs INT8 vs INT8 in temporal mode, overlay "
+        "videos and a latency table")
 
 
 def add_arguments(p) -> None:
@@ -22,6 +24,8 @@ def add_arguments(p) -> None:
     p.add_argument("--precision", default="fp32,int8", help="comma list of fp32, int8")
     p.add_argument("--backend", default="ort-cpu", help="ort-cpu, ort-cuda or ort-trt (see `edgeseg run --help`)")
     p.add_argument("--threads", type=positive_int, help="ONNX Runtime intra-op threads")
+    p.add_argument("--temporal", default="auto", metavar="MODE",
+                   help="a third run of INT8 with `edgeseg run --temporal MODE` (fixed:K or auto); off: none")
     p.add_argument("--every-frame", action="store_true",
                    help="process every frame as fast as possible instead of replaying the clip at its frame rate")
     p.add_argument("--max-frames", type=nonnegative_int, default=0, metavar="N",
@@ -49,14 +53,18 @@ def run(args) -> int:
     from edgeseg.errors import EdgesegError
     from edgeseg.fileio import write_json, write_text
     from edgeseg.runtime.sources import parse_source
+    from edgeseg.runtime.temporal import parse_temporal
 
     precisions = [p.strip() for p in args.precision.split(",") if p.strip()]
     bad = [p for p in precisions if p not in ("fp32", "int8")]
     if bad or not precisions:
         raise EdgesegError(f"--precision {args.precision!r}: give fp32, int8 or both")
+    temporal = parse_temporal(args.temporal) and "int8" in precisions
     source = args.source or str(export_cache.CLIP)
-    check_outputs(source, [str(args.out / f"overlay_{p}.mp4") for p in precisions], args.model,
-                  json_path=args.out / "summary.json")
+    videos = {p: args.out / f"overlay_{p}.mp4" for p in precisions}
+    if temporal:
+        videos[TEMPORAL_ROW.format(args.temporal)] = args.out / "overlay_int8_temporal.mp4"
+    check_outputs(source, [str(v) for v in videos.values()], args.model, json_path=args.out / "summary.json")
     live = parse_source(source).live
     rate = None if (live or args.every_frame) else native_rate(source)
     max_frames = args.max_frames or (300 if live else 0)
@@ -65,13 +73,14 @@ def run(args) -> int:
     # model's default (the frame scaled to the size the model was trained at).
     size = export_cache.VALIDATE_SIZE if args.source is None else None
     runs = {}
-    for precision in precisions:
-        video = args.out / f"overlay_{precision}.mp4"
+    for row, video in videos.items():
+        precision, mode = (row, "off") if row in precisions else ("int8", args.temporal)
         summary, _ = run_stream(models[precision], source, [str(video)], backend=args.backend, threads=args.threads,
                                 source_kw={"rate": rate},
                                 pipeline_kw={"policy": "all" if args.every_frame else "auto" if live else "latest",
-                                             "max_frames": max_frames, "status": not args.quiet, "size": size})
-        runs[precision] = summary
+                                             "max_frames": max_frames, "status": not args.quiet, "size": size,
+                                             "temporal": mode})
+        runs[row] = summary
         if summary["end"] in ("interrupted", "terminated"):
             break
     agreement = (report.get("validation", {}).get("int8") or {}).get("argmax_agreement")
@@ -81,7 +90,7 @@ def run(args) -> int:
                                                       "int8_argmax_agreement": agreement}})
     write_text(args.out / "summary.md", table + "\n")
     print(table)
-    print("\n" + "\n".join(f"overlay {p}: {args.out / f'overlay_{p}.mp4'}" for p in runs))
+    print("\n" + "\n".join(f"overlay {p}: {videos[p]}" for p in runs))
     print(f"summary: {args.out / 'summary.md'} (and summary.json); models: {next(iter(models.values())).parent}")
     return 0
 
@@ -111,6 +120,11 @@ def comparison_table(runs: dict, rate: float | None, agreement: float | None, wa
              f"{'x'.join(map(str, next(iter(runs.values()))['model_input']))}; latency is capture to written frame."]
     if agreement is not None:
         notes.append(f"INT8 vs fp32 argmax agreement (export validation): {100 * agreement:.2f}%.")
+    for p, s in runs.items():
+        if s.get("temporal"):
+            t = s["temporal"]
+            notes.append(f"{p}: the network on {t['key_frames']} key frames, {t['warped_frames']} frames warped from "
+                         f"them along DIS optical flow ({t['warp']} warp); infer ms is the key frames'.")
     if warps:
         notes.append(warps)
     return "\n".join(rows) + "\n\n" + "\n".join(notes)
