@@ -67,7 +67,13 @@ def int8_variants(fp32: Path, calib_files, meta: dict, work: Path) -> dict[str, 
     from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
 
     from edgeseg.export.flowwarp import fuse_flowwarp
-    from edgeseg.export.int8 import CalibrationImages, chunk_size, float_matmuls, shapes_from_quantized, size_dependent_nodes
+    from edgeseg.export.int8 import (
+        CalibrationImages,
+        chunk_size,
+        float_matmuls,
+        shapes_from_quantized,
+        size_dependent_nodes,
+    )
 
     images = CalibrationImages(calib_files, meta)
     model = load(fp32)
@@ -161,7 +167,7 @@ def table(rows: list[dict]) -> str:
 
 
 def machine() -> str:
-    cpu = next((l.split(":", 1)[1].strip() for l in open("/proc/cpuinfo") if l.startswith("model name")), platform.processor())
+    cpu = next((line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo") if line.startswith("model name")), platform.processor())
     return (f"{cpu}, {platform.machine()}, Python {platform.python_version()}, torch {torch.__version__}, "
             f"onnxruntime {ort.__version__}")
 

@@ -5,7 +5,8 @@ model, an ONNX Runtime session, a TensorRT engine) or, for argmax-head models, `
 """
 from __future__ import annotations
 
-from typing import Callable, Sequence
+from collections.abc import Sequence
+from typing import Callable
 
 import cv2
 import numpy as np

@@ -43,7 +43,7 @@ def parse_meta(text: str, source: str = "model") -> dict:
     try:
         meta = json.loads(text)
     except json.JSONDecodeError as e:
-        raise EdgesegError(f"{source}: edgeseg metadata is not valid JSON ({e}); re-export the model with `edgeseg export`")
+        raise EdgesegError(f"{source}: edgeseg metadata is not valid JSON ({e}); re-export the model with `edgeseg export`") from None
     if not isinstance(meta, dict):
         raise EdgesegError(f"{source}: edgeseg metadata is not a JSON object; re-export the model with `edgeseg export`")
     missing = [k for k in ("format_version", "arch", "classes", "palette", "ignore_index", "input", "head") if k not in meta]

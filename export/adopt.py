@@ -15,12 +15,12 @@ from pathlib import Path
 
 import numpy as np
 import onnx
-from edgeseg.export import validate as V
-from edgeseg.export.graph import remove_dead_nodes, save, set_meta
 from onnx import TensorProto, helper
 
 from edgeseg.data.classes import ClassInfo
 from edgeseg.errors import EdgesegError
+from edgeseg.export import validate as V
+from edgeseg.export.graph import remove_dead_nodes, save, set_meta
 from edgeseg.fileio import sha256_file
 from edgeseg.kernels import DOMAIN, OP_TYPE, find_library
 from edgeseg.meta import make_meta

@@ -65,7 +65,7 @@ def _with_types(model: onnx.ModelProto) -> onnx.ModelProto:
     try:
         return onnx.shape_inference.infer_shapes(model, data_prop=True)
     except Exception as e:  # inference failures are reported by the checker as various types
-        raise EdgesegError(f"the graph fails ONNX shape inference ({type(e).__name__}: {str(e).splitlines()[0][:160]})")
+        raise EdgesegError(f"the graph fails ONNX shape inference ({type(e).__name__}: {str(e).splitlines()[0][:160]})") from None
 
 
 def _keep_output_types(graph: onnx.GraphProto, outputs: set[str]) -> None:
@@ -236,7 +236,7 @@ def _prove_grid(grid_model: onnx.ModelProto, gs: onnx.NodeProto, align: int) -> 
         sess = ort.InferenceSession(grid_model.SerializeToString(), providers=["CPUExecutionProvider"])
     except Exception as e:
         raise FlowWarpMatchError(f"GridSample {gs.name!r}: its grid subgraph cannot be evaluated on its own "
-                                 f"({type(e).__name__}: {str(e).splitlines()[0][:120]}); export without --flowwarp-plugin")
+                                 f"({type(e).__name__}: {str(e).splitlines()[0][:120]}); export without --flowwarp-plugin") from None
     dtype = helper.tensor_dtype_to_np_dtype(start.type.tensor_type.elem_type)
     rng = np.random.default_rng(0)
     for n, h, w in ((1, 5, 7), (2, 9, 4), (1, 1, 6)):

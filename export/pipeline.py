@@ -355,7 +355,7 @@ class _Export:
             from edgeseg.kernels import find_library
 
             models = []
-            for key, f in self.rep["outputs"].items():
+            for f in self.rep["outputs"].values():
                 lib = find_library("ort") if f["graph"] == "flowwarp-plugin" else None
                 meta = dict(self.meta, precision=f["precision"])
                 folder = add_model(self.o.triton_repo, Path(f["file"]).stem.replace(".", "_"), f["path"], meta,

@@ -1,14 +1,15 @@
 """Every export step checked against the step before it: real images, several sizes, ONNX Runtime on the CPU."""
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field, fields
 from pathlib import Path
-from typing import Callable, Sequence
+from typing import Callable
 
 import cv2
 import numpy as np
 
-from edgeseg.data import read_image, normalize
+from edgeseg.data import normalize, read_image
 from edgeseg.data.folders import IMAGE_EXTS
 from edgeseg.errors import EdgesegError
 from edgeseg.evaluate import evaluate
@@ -45,7 +46,7 @@ class Gates:
                 raise EdgesegError(f"gate {f.name}={v}: an agreement is a fraction 0..1 (e.g. 0.95)")
 
     @classmethod
-    def of(cls, value) -> "Gates":
+    def of(cls, value) -> Gates:
         """Gates from Gates, a dict of its fields, or None (the defaults)."""
         if value is None or isinstance(value, cls):
             return value or cls()

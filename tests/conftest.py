@@ -45,9 +45,10 @@ def kernels_built(edgeseg_cache) -> dict:
         return {"error": str(e), "built": [], "skipped": {}}
 
 
-@pytest.fixture(autouse=True)
+@pytest.fixture(scope="module", autouse=True)
 def _kernels_before_their_users(request):
-    """Tests of KERNEL_USERS modules find the kernels already built (they check for the library, they do not build)."""
+    """Tests of KERNEL_USERS modules find the kernels already built (they check for the library, they do not build);
+    module scope, so that the build also precedes those modules' own module-scoped fixtures."""
     if request.module.__name__.rsplit(".", 1)[-1] in KERNEL_USERS:
         request.getfixturevalue("kernels_built")
 

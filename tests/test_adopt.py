@@ -10,7 +10,6 @@ import numpy as np
 import onnx
 import pytest
 import torch
-from edgeseg.export.adopt import adopt_onnx
 from onnx import TensorProto, helper
 from runtime_helpers import camvid_frames, conv_net, write_video
 from torch import nn
@@ -20,6 +19,7 @@ from edgeseg.data import SegFolder
 from edgeseg.data.classes import CAMVID
 from edgeseg.errors import EdgesegError
 from edgeseg.evaluate import evaluate
+from edgeseg.export.adopt import adopt_onnx
 from edgeseg.meta import IMAGENET_MEAN, IMAGENET_STD, META_KEY
 from edgeseg.runtime.backends import open_backend
 
@@ -276,9 +276,10 @@ def segformer(tmp_path_factory):
 
 
 def test_transformers_segformer_adopted_quantized_run_and_evaluated(segformer, tmp_path, tiny_camvid, camvid):
+    from onnxruntime.quantization import QuantFormat, QuantType, quantize_static
+
     from edgeseg.export.int8 import CalibrationImages
     from edgeseg.export.validate import image_files
-    from onnxruntime.quantization import QuantFormat, QuantType, quantize_static
 
     net, src = segformer
     dst = tmp_path / "segformer.fp32.onnx"

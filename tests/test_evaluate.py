@@ -2,8 +2,8 @@ import numpy as np
 import pytest
 
 from edgeseg.data import ClassInfo
-from edgeseg.evaluate import ConfusionMatrix, evaluate, predict_labels
 from edgeseg.errors import EdgesegError
+from edgeseg.evaluate import ConfusionMatrix, evaluate, predict_labels
 
 CLASSES = ClassInfo(("a", "b", "c"), ((0, 0, 0), (1, 1, 1), (2, 2, 2)), ignore_index=255)
 

@@ -21,14 +21,22 @@ from edgeseg.export import export_model
 from edgeseg.export.flowwarp import FlowWarpMatchError, count_flowwarp, fuse_flowwarp
 from edgeseg.export.fp16 import FP32_OPS, float_types, fp32_nodes
 from edgeseg.export.graph import get_meta, load, op_counts
-from edgeseg.export.int8 import (CalibrationImages, QuantConfig, guarded_quantize, qdq_summary, quantizable_nodes, quantize,
-                                 size_dependent_nodes)
+from edgeseg.export.int8 import (
+    CalibrationImages,
+    QuantConfig,
+    guarded_quantize,
+    qdq_summary,
+    quantizable_nodes,
+    quantize,
+    size_dependent_nodes,
+)
 from edgeseg.export.torch_export import Deployable, example_input, export_onnx, split_thin_convs
 from edgeseg.export.validate import Gates, OrtPredictor, image_files, model_input
 from edgeseg.fileio import sha256_file
 from edgeseg.kernels import find_library, register_ort_ops
 from edgeseg.meta import META_KEY, parse_meta
 from edgeseg.models import available, checkpoint, create
+from tests.conftest import shrink_camvid
 
 SIZES = ((64, 96), (96, 128), (80, 160))  # H and W not multiples of 32: SFNet's resizes and warps at odd ratios
 F16, F32 = onnx.TensorProto.FLOAT16, onnx.TensorProto.FLOAT
@@ -73,7 +81,7 @@ def ort_ops():
 
 @pytest.fixture(scope="module")
 def exported(tiny_camvid, tmp_path_factory, ort_ops) -> dict:
-    """One export of everything the tests below inspect: the shipped SFNet-R18 (trained: int8 behaves as it does in
+    """One export of everything the tests below inspect: the shipped SFNet (trained: int8 behaves as it does in
     use, unlike random weights whose near-tied logits flip) to fp32, fp16, int8 (guarded, the TensorRT form) and
     FlowWarp graphs."""
     out = tmp_path_factory.mktemp("export")
@@ -115,7 +123,8 @@ def test_metadata_round_trip(exported):
         assert meta["classes"] == list(CAMVID.names) and meta["ignore_index"] == CAMVID.ignore_index
         assert meta["palette"] == [list(c) for c in CAMVID.palette]
         assert meta["input"] == {"layout": "NCHW", "color": "RGB", "dtype": "float32", "mean": [0.485, 0.456, 0.406],
-                                 "std": [0.229, 0.224, 0.225], "size_divisor": 1, "train_size": [256, 320]}
+                                 "std": [0.229, 0.224, 0.225], "size_divisor": 1,
+                                 "train_size": list(checkpoint.load_record("demo")["train_size"])}
         assert meta["head"] == "logits" and meta["source"]["sha256"] == sha256_file(exported["ckpt"])
         assert meta["metrics"]["onnx_miou"] == pytest.approx(rep["metrics"][f["precision"]]["miou"])
         assert Path(f["path"]).name == ("demo" + ("-flowwarp" if "flowwarp" in key else "") + f".{f['precision']}.onnx")
@@ -143,7 +152,7 @@ def test_second_export_is_cached(exported, tiny_camvid):
 
 
 # ---------------------------------------------------------------- fp16
-def test_fp16_keeps_sensitive_ops_in_fp32_and_agrees(exported):
+def test_fp16_keeps_sensitive_ops_in_fp32_and_agrees(exported, frames):
     rep = exported["report"]
     fp32, fp16 = (load(rep["outputs"][k]["path"]) for k in ("fp32", "fp16"))
     types = float_types(fp16)
@@ -168,7 +177,12 @@ def test_fp16_keeps_sensitive_ops_in_fp32_and_agrees(exported):
     io = {v.name: v.type.tensor_type.elem_type for v in list(fp16.graph.input) + list(fp16.graph.output)}
     assert io == {"images": F32, "logits": F32}
     v = rep["validation"]["fp16"]
-    assert v["reference"] == "fp32 onnx" and v["argmax_agreement"] >= 0.99 and v["max_abs_diff"] < 0.05
+    assert v["reference"] == "fp32 onnx" and v["argmax_agreement"] >= 0.99
+    # on real frames, fp16 logits within 1% of the fp32 logits' range: the shipped model's 50-odd fp16 layers
+    # (eps 9.8e-4 each) reach 0.8%; a conversion that breaks a layer moves logits by their own scale
+    x = model_input(frames, SIZES[1], get_meta(fp32))
+    want, got = (OrtPredictor(rep["outputs"][k]["path"])(x) for k in ("fp32", "fp16"))
+    assert np.abs(got - want).max() <= 1e-2 * np.abs(want).max()
 
 
 # ---------------------------------------------------------------- int8
@@ -204,11 +218,15 @@ def test_int8_qdq_placement_suits_tensorrt(exported):
     assert rep["metrics"]["int8"]["images"] == 4 and "miou" in rep["int8"]["guard"]["steps"][0]
 
 
-def test_int8_cpu_form_keeps_size_dependent_arithmetic_float(tiny_camvid, tmp_path, ort_ops):
+def test_int8_cpu_form_keeps_size_dependent_arithmetic_float(camvid, tmp_path, ort_ops):
     """The cpu form quantizes everything it can, but not the flow-warp grids and index arithmetic: calibrated at one
-    size, their ranges would be wrong at the others (int8 then disagreed with fp32 on a quarter of the pixels)."""
-    rep = export_model("demo", tmp_path, ("int8",), data=str(tiny_camvid), sizes=SIZES, calib_images=4, validate_images=2,
-                       int8_target="cpu", guard=False, flowwarp_plugin=True, progress=False)
+    size, their ranges would be wrong at the others (int8 then disagreed with fp32 on a quarter of the pixels).
+    Frames at 192x256 and sizes near it: the shipped model trained at 360x480 sees objects at 1/5 of their size in
+    a 64x96 frame, where near-tied logits flip under any quantization (91% agreement there, 97% at these sizes)."""
+    data = shrink_camvid(camvid, tmp_path / "camvid", n_train=8, n_val=4, size=(192, 256))
+    rep = export_model("demo", tmp_path / "out", ("int8",), data=str(data), sizes=((136, 184), (192, 256), (168, 232)),
+                       calib_images=4, validate_images=2, int8_target="cpu", guard=False, flowwarp_plugin=True,
+                       progress=False)
     assert rep["validation"]["int8-flowwarp"]["passed"]  # the pass matches grids whose size is read from the int8 flow
     rows = rep["validation"]["int8"]["sizes"]
     assert len(rows) == 3 and min(r["argmax_agreement"] for r in rows) >= 0.95
@@ -412,10 +430,13 @@ def test_every_zoo_model_exports(arch, tiny_camvid, tmp_path):
     checkpoint.save(checkpoint.model_record(model, CAMVID), ckpt)
     d = getattr(model, "size_divisor", 1)
     sizes = tuple((-(-h // max(d, 1)) * d, -(-w // max(d, 1)) * d) for h, w in ((64, 96), (96, 128), (72, 104)))
+    # U2-Nets at random init fuse seven side outputs into logits of ~500, where PyTorch itself is 1.4e-3 from float64:
+    # the default 1e-3 gate is below their fp32 rounding, so they are held to 1e-2 (2e-5 of their logit range)
+    max_abs = 1e-2 if arch in ("u2net", "u2netp") else 1e-3
     rep = export_model(ckpt, tmp_path / "out", ("fp32",), data=str(tiny_camvid), sizes=sizes, guard=False,
-                       validate_images=1, progress=False)
+                       validate_images=1, progress=False, gates={"fp32_max_abs": max_abs})
     v = rep["validation"]["fp32"]
-    assert v["passed"] and v["max_abs_diff"] <= 1e-3 and len(v["sizes"]) == 3
+    assert v["passed"] and v["max_abs_diff"] <= max_abs and len(v["sizes"]) == 3
 
 
 # ---------------------------------------------------------------- bad input

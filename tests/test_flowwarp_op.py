@@ -14,9 +14,9 @@ import torch.nn.functional as F
 from onnx import TensorProto, helper
 
 from edgeseg import kernels
-from edgeseg.kernels import cmake
 from edgeseg.data import normalize
 from edgeseg.errors import EdgesegError
+from edgeseg.kernels import cmake
 from edgeseg.models.layers import flow_warp
 from edgeseg.runtime.backends.ort import ort_session
 

@@ -8,10 +8,6 @@ import numpy as np
 import onnx
 import onnxruntime as ort
 import pytest
-from edgeseg.export.adopt import adopt_onnx
-from edgeseg.export.fp16 import to_fp16
-from edgeseg.export.int8 import CalibrationImages, QuantConfig, qdq_summary, quantize
-from edgeseg.export.validate import image_files, pick
 from onnx import TensorProto, helper
 from onnxruntime.quantization import QuantFormat, quantize_static
 from runtime_helpers import conv_net
@@ -22,6 +18,10 @@ from edgeseg.compare import compare_models
 from edgeseg.data import SegFolder, normalize
 from edgeseg.data.classes import CAMVID, ClassInfo
 from edgeseg.errors import EdgesegError
+from edgeseg.export.adopt import adopt_onnx
+from edgeseg.export.fp16 import to_fp16
+from edgeseg.export.int8 import CalibrationImages, QuantConfig, qdq_summary, quantize
+from edgeseg.export.validate import image_files, pick
 from edgeseg.inspection import format_text, inspect_model
 from edgeseg.kernels import find_library
 from edgeseg.meta import IMAGENET_MEAN, IMAGENET_STD

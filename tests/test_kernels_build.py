@@ -12,9 +12,9 @@ from pathlib import Path
 import pytest
 
 from edgeseg import kernels
-from edgeseg.kernels import cmake
 from edgeseg.cli import main
 from edgeseg.errors import EdgesegError
+from edgeseg.kernels import cmake
 
 
 @pytest.fixture(scope="module")

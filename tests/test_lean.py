@@ -8,9 +8,9 @@ import sys
 
 import pytest
 import torch
+from runtime_helpers import SIZE, camvid_frames, camvid_meta, export_onnx, sfnet, write_video
 
 from edgeseg.runtime.sources import read_video_frames
-from runtime_helpers import SIZE, camvid_frames, camvid_meta, export_onnx, sfnet, write_video
 
 BLOCKED = ("torch", "torchvision", "onnx", "onnxscript", "onnxslim", "onnxconverter_common", "matplotlib", "tensorrt")
 ALLOWED = {"edgeseg", "numpy", "cv2", "onnxruntime"}

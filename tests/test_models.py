@@ -67,7 +67,7 @@ def randomize(model: nn.Module, seed: int = 0) -> nn.Module:
     return model.eval()
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _randomized_state(arch: str) -> dict:
     torch.manual_seed(0)
     return randomize(create(arch, NUM_CLASSES)).state_dict()
@@ -163,7 +163,10 @@ def test_eval_is_deterministic_and_per_sample(arch):
     with torch.no_grad():
         a, b, single = model(x), model(x), model(x[1:])
     assert torch.equal(a, b)
-    torch.testing.assert_close(a[1:], single, rtol=1e-4, atol=1e-4 if arch in DEEP else 1e-5)  # no mixing across the batch
+    # no mixing across the batch: a mixed-in sample would move the output by its own scale, while oneDNN's
+    # batch-size-dependent blocking moves it by float rounding (seen at 1.3e-5 on unet)
+    scale = float(a.abs().max())
+    torch.testing.assert_close(a[1:], single, rtol=1e-4, atol=1e-4 * max(1.0, scale))
 
 
 @pytest.mark.parametrize("arch", ARCHS)

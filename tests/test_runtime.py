@@ -10,17 +10,17 @@ import cv2
 import numpy as np
 import pytest
 import torch
+from runtime_helpers import SIZE, Argmax, Fused, camvid_frames, camvid_meta, conv_net, export_onnx, sfnet, write_video
 
 from edgeseg.data import CAMVID, normalize
 from edgeseg.errors import EdgesegError
+from edgeseg.runtime import trt
 from edgeseg.runtime.backends import open_backend
 from edgeseg.runtime.postprocess import Postprocessor, upsample
 from edgeseg.runtime.preprocess import Preprocessor, model_size, parse_size
 from edgeseg.runtime.render import Renderer, palette_lut
 from edgeseg.runtime.sinks import DisplaySink, ImageDirSink, Sink, VideoSink, gui_available, open_sink
 from edgeseg.runtime.sources import open_source, parse_source, read_video_frames
-from edgeseg.runtime import trt
-from runtime_helpers import SIZE, Argmax, Fused, camvid_frames, camvid_meta, conv_net, export_onnx, sfnet, write_video
 
 
 # ---------------------------------------------------------------- models

@@ -15,11 +15,11 @@ import cv2
 import numpy as np
 import pytest
 import torch
+from runtime_helpers import SIZE, camvid_frames, camvid_meta, conv_net, export_onnx, sfnet, write_video
 
 from edgeseg.cli import main
 from edgeseg.cli.run import run_stream
 from edgeseg.runtime.sources import read_video_frames
-from runtime_helpers import SIZE, camvid_frames, camvid_meta, conv_net, export_onnx, sfnet, write_video
 
 DESIGN_KEYS = {"frames", "fps", "latency_ms", "stages", "dropped"}
 

@@ -13,12 +13,12 @@ import onnx
 import pytest
 import torch
 import torch.nn.functional as F
+from runtime_helpers import camvid_meta, conv_net, export_onnx
 
 from edgeseg import kernels
 from edgeseg.errors import EdgesegError
 from edgeseg.runtime.motion import DisFlow, FlowWarp, MotionEstimator, flowwarp_model_bytes
 from edgeseg.runtime.temporal import Temporal, TemporalSpec, parse_temporal
-from runtime_helpers import camvid_meta, conv_net, export_onnx
 
 HW = (128, 160)  # frames and model input (H, W)
 SHIFT = 2  # pixels per frame, to the right and down

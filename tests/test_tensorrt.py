@@ -9,13 +9,19 @@ import numpy as np
 import pytest
 
 from edgeseg.cli import main
-from edgeseg.data import read_image
+from edgeseg.data import CAMVID, read_image
 from edgeseg.errors import EdgesegError
-from edgeseg.export.tensorrt import (BuildRequest, build_engine, cache_key, calibration_batches, make_profile, parse_version,
-                                     plan_build)
+from edgeseg.export.tensorrt import (
+    BuildRequest,
+    build_engine,
+    cache_key,
+    calibration_batches,
+    make_profile,
+    parse_version,
+    plan_build,
+)
 from edgeseg.export.validate import image_files
 from edgeseg.meta import make_meta
-from edgeseg.data import CAMVID
 
 META = make_meta("sfnet", CAMVID)
 NHWC = make_meta("sfnet", CAMVID, layout="NHWC", color="BGR", dtype="uint8")
@@ -117,10 +123,10 @@ def test_calibration_batches_from_real_images(camvid):
 @pytest.mark.skipif(importlib.util.find_spec("tensorrt") is not None, reason="TensorRT is installed here")
 def test_build_without_tensorrt_says_how_to_install(tmp_path, capsys):
     import onnx
+    import torch.nn as nn
 
     from edgeseg.export.graph import set_meta
     from edgeseg.export.torch_export import Deployable, example_input, export_onnx
-    import torch.nn as nn
 
     class Tiny(nn.Module):
         num_classes = 11

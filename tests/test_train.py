@@ -94,8 +94,12 @@ def test_ddp_two_gloo_processes(tiny_camvid, tmp_path):
     assert res.returncode == 0, res.stderr[-2000:]
     state = torch.load(out / "last.pt", weights_only=True)
     assert state["epoch"] == 0 and state["history"][0]["loss"] > 0
-    # 8 images over 2 processes of batch 2: 2 steps each
-    assert "2/2" in res.stderr
+    assert "epoch 1/1: loss " in res.stdout  # the main process alone prints
+    # 8 images over 2 processes of batch 2: 2 steps each, so the schedule spans 2 steps and the last one is step 1
+    cfg = state["config"]
+    warmup = int(cfg["warmup_epochs"] * 2)
+    assert state["history"][0]["lr"] == pytest.approx(poly_lr(1, 2, cfg["lr"], warmup))
+    assert state["history"][0]["lr"] != pytest.approx(poly_lr(3, 4, cfg["lr"], int(cfg["warmup_epochs"] * 4)))
 
 
 def test_resume_keeps_the_saved_settings_and_falls_back_to_the_previous_epoch(tiny_camvid, tmp_path, capsys):

@@ -26,9 +26,9 @@ def load(path: str | Path) -> dict:
         if not isinstance(rows, list) or not all(all(k in r for k in KEY) for r in rows):
             raise KeyError("rows")
     except OSError as e:
-        raise EdgesegError(f"--baseline {path}: cannot read it ({e.strerror}); pass the bench.json of an earlier run")
+        raise EdgesegError(f"--baseline {path}: cannot read it ({e.strerror}); pass the bench.json of an earlier run") from None
     except (ValueError, KeyError, TypeError):
-        raise EdgesegError(f"--baseline {path}: not a bench.json written by `edgeseg bench`; pass the bench.json of an earlier run")
+        raise EdgesegError(f"--baseline {path}: not a bench.json written by `edgeseg bench`; pass the bench.json of an earlier run") from None
     return doc
 
 

@@ -9,6 +9,7 @@ follows the shape arithmetic (Shape -> Gather -> Reshape) that plain ONNX shape 
 from __future__ import annotations
 
 from math import prod
+
 import numpy as np
 import onnx
 

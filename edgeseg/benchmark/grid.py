@@ -24,10 +24,9 @@ from edgeseg.benchmark.machine import peak_for
 from edgeseg.benchmark.sources import Source, reference
 from edgeseg.benchmark.timing import cpu_seconds, others_share
 from edgeseg.errors import EdgesegError
+from edgeseg.fileio import write_json
 from edgeseg.runtime.backends import missing_requirement
 from edgeseg.sizes import fit
-from edgeseg.fileio import write_json
-
 
 BUSY = 0.1  # other processes' share of the CPU above which a row is marked as measured on a busy machine
 

@@ -49,11 +49,11 @@ def run(args) -> int:
                        calib=Path(args.calib) if args.calib else None, calib_images=args.calib_images, use_cache=args.use_cache)
     info = build_engine(req)
     if args.triton_repo:
-        from edgeseg.export.tensorrt import cached_engine
         from edgeseg.export.graph import load
+        from edgeseg.export.tensorrt import cached_engine
+        from edgeseg.export.triton import add_model
         from edgeseg.kernels import DOMAIN, LIBRARIES, find_library
         from edgeseg.meta import META_KEY
-        from edgeseg.export.triton import add_model
 
         engine = req.out or cached_engine(req.onnx.stem, info["cache_key"])
         plugin = str(find_library("trt") or LIBRARIES["trt"]) if any(n.domain == DOMAIN for n in load(req.onnx).graph.node) else None

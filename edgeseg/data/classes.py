@@ -22,7 +22,7 @@ class ClassInfo:
         return {"names": list(self.names), "palette": [list(c) for c in self.palette], "ignore_index": self.ignore_index}
 
     @classmethod
-    def from_dict(cls, d: dict, source: str = "classes") -> "ClassInfo":
+    def from_dict(cls, d: dict, source: str = "classes") -> ClassInfo:
         shape = "{'names': [...], 'palette': [[r,g,b], ...], 'ignore_index': int}"
         if not isinstance(d, dict) or not isinstance(d.get("names"), list):
             raise EdgesegError(f"{source}: 'names' must be a list of class names, as in {shape}")
@@ -42,7 +42,7 @@ class ClassInfo:
         return cls(names, palette, ignore)
 
     @classmethod
-    def load(cls, path: str | Path) -> "ClassInfo":
+    def load(cls, path: str | Path) -> ClassInfo:
         try:
             data = Path(path).read_bytes()
             # JSON is UTF-8; editors on Windows also write UTF-16 (with a byte-order mark) or UTF-8 with one

@@ -8,8 +8,8 @@ import subprocess
 import sys
 from pathlib import Path
 
-from edgeseg.errors import EdgesegError
 from edgeseg import kernels
+from edgeseg.errors import EdgesegError
 
 
 def build(build_dir: str | os.PathLike | None = None, cuda_archs: str | None = None, ort_include: str | None = None,

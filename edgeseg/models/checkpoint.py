@@ -126,7 +126,7 @@ def build_model(rec: dict, source: str = "checkpoint"):
         model.load_state_dict(state)
     except (RuntimeError, KeyError, TypeError) as e:
         raise EdgesegError(f"{source}: weights do not fit {rec['arch']} with {rec['num_classes']} classes "
-                           f"({str(e).splitlines()[1].strip() if len(str(e).splitlines()) > 1 else e})")
+                           f"({str(e).splitlines()[1].strip() if len(str(e).splitlines()) > 1 else e})") from None
     return model.eval()
 
 

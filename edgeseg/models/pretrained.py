@@ -49,7 +49,7 @@ def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
     except Exception as e:  # noqa: BLE001 -- pickle, zip and weights_only errors all mean the same to the user
         first = str(e).strip().splitlines()[0][:160] if str(e).strip() else type(e).__name__
         raise EdgesegError(f"{path}: not a PyTorch state dict ({first}); "
-                           "pass a file saved with torch.save(model.state_dict(), ...)")
+                           "pass a file saved with torch.save(model.state_dict(), ...)") from None
     scales = {}
     while isinstance(obj, dict) and any(isinstance(obj.get(w), dict) for w in WRAPPERS):
         scales = obj.get("int8_scales", {})  # an edgeseg checkpoint with compact int8 weights

@@ -28,7 +28,7 @@ def create(arch: str, num_classes: int, **kwargs):
     try:
         return _REGISTRY[arch](num_classes=num_classes, **kwargs)
     except TypeError as e:
-        raise EdgesegError(f"{arch}: bad model option ({e})")
+        raise EdgesegError(f"{arch}: bad model option ({e})") from None
 
 
 def _load_all() -> None:

@@ -6,8 +6,8 @@ pycuda). Plain functions that run without a GPU; the engine backend (runtime/bac
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
 import numpy as np
 

@@ -31,8 +31,13 @@ class INT8(Pass):
     def apply(self, ctx) -> list[Output]:
         import onnx
 
-        from edgeseg.export.int8 import (calibration_summary, float_matmuls, guarded_quantize, quantize,
-                                         size_dependent_nodes)
+        from edgeseg.export.int8 import (
+            calibration_summary,
+            float_matmuls,
+            guarded_quantize,
+            quantize,
+            size_dependent_nodes,
+        )
 
         o, cfg, gates = ctx.o, self.cfg, ctx.gates
         path = ctx.stage_dir / "int8-quantized.onnx"

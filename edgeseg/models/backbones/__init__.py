@@ -2,12 +2,12 @@
 from __future__ import annotations
 
 from edgeseg.errors import EdgesegError
-from edgeseg.models.backbones.resnet import resnet18, resnet50
+from edgeseg.models.backbones.efficientnet_lite import efficientnet_lite0
 from edgeseg.models.backbones.mit import mit_b0
 from edgeseg.models.backbones.mobilenetv2 import mobilenetv2
+from edgeseg.models.backbones.resnet import resnet18, resnet50
 from edgeseg.models.backbones.vgg import vgg16_bn
 from edgeseg.models.backbones.vit import vit_small, vit_tiny
-from edgeseg.models.backbones.efficientnet_lite import efficientnet_lite0
 
 BACKBONES = {"resnet18": resnet18, "resnet50": resnet50}
 BACKBONES.update(mobilenetv2=mobilenetv2, mit_b0=mit_b0)
