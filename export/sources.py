@@ -124,7 +124,7 @@ class OnnxSource(Source):
     H/W); ONNX Runtime on the original file is the reference the fp32 graph is validated against."""
     kind = "onnx"
 
-    def __init__(self, path: Path, opts, *, classes, mean, std):
+    def __init__(self, path: Path, opts, *, classes, mean, std, input_name=None, input_layout=None, output=None):
         from edgeseg.export.graph import get_meta, load
         from edgeseg.fileio import sha256_file
         from edgeseg.meta import META_KEY
@@ -136,6 +136,9 @@ class OnnxSource(Source):
         self.name = opts.name or path.name.split(".")[0]
         model = load(path)
         if any(p.key == META_KEY for p in model.metadata_props):
+            if input_name or input_layout or output is not None:
+                raise EdgesegError(f"{path}: an edgeseg ONNX already names its input and output; --input, --output "
+                                   f"and --input-layout describe a foreign one")
             self.graph, meta = path, get_meta(model, str(path))
             if meta.get("precision", "fp32") != "fp32":
                 raise EdgesegError(f"{path}: a {meta['precision']} graph; export from the fp32 one (every precision is "
@@ -145,9 +148,13 @@ class OnnxSource(Source):
 
             self._work = tempfile.TemporaryDirectory(prefix="edgeseg-adopt-")  # removed with this object
             self.graph = Path(self._work.name) / path.name
+            if output is not None and not isinstance(output, str):
+                raise EdgesegError(f"{path}: output={output!r}: name the ONNX output tensor (a string)")
             meta = adopt_onnx(path, self.graph, classes=_class_info(classes), mean=mean, std=std, data=opts.data,
-                              arch=opts.name or path.stem)
-            self.key_extra = {k: meta[k] for k in ("classes", "palette", "ignore_index")} | {"input": meta["input"]}
+                              arch=opts.name or path.stem, input_name=input_name, input_layout=input_layout or "NCHW",
+                              output_name=output)
+            self.key_extra = ({k: meta[k] for k in ("classes", "palette", "ignore_index")} | {"input": meta["input"]}
+                              | {"adopted": meta.get("adopted")})
         self.meta_in, self.arch = meta, meta.get("arch") or self.name
         self.divisor = int(meta["input"].get("size_divisor") or 1)
 
@@ -165,7 +172,15 @@ class OnnxSource(Source):
         from edgeseg.runtime.backends.ort import ort_session
 
         adopted = self.meta_in.get("adopted") if self.graph != self.original else None
-        return load(self.graph), _Original(ort_session(self.original), adopted), "source onnx"
+        original = _Original(ort_session(self.original), adopted)
+        if adopted and original.static:
+            # it runs at its export shape only, where the adoption compared the two; other sizes and batches have
+            # no reference beyond the adopted graph itself
+            from edgeseg.export.validate import OrtPredictor
+
+            shape = "x".join(str(d) for d in original.static)
+            return load(self.graph), OrtPredictor(str(self.graph)), f"adopted onnx (matched the original at {shape})"
+        return load(self.graph), original, "source onnx"
 
 
 class _Original:
@@ -178,6 +193,10 @@ class _Original:
         self.nhwc = bool(adopted) and adopted.get("input_layout") == "NHWC"
         if adopted:
             self.input = adopted["input"]
+        shape = next(i.shape for i in session.get_inputs() if i.name == self.input)
+        nhw = (shape[0], *(shape[1:3] if self.nhwc else shape[2:4]))
+        # the original's shape when N, H or W is fixed (an export frozen to one shape); None when they are symbolic
+        self.static = tuple(shape) if any(isinstance(d, int) for d in nhw) else None
 
     def __call__(self, x):
         if self.nhwc:
@@ -186,14 +205,19 @@ class _Original:
         return y[:, 0] if y.ndim == 4 and y.shape[1] == 1 else y
 
 
-def open_source(model, opts, *, classes=None, mean=None, std=None, output=None, resize_output: bool = False) -> Source:
+def open_source(model, opts, *, classes=None, mean=None, std=None, output=None, resize_output: bool = False,
+                input_name: str | None = None, input_layout: str | None = None) -> Source:
     import torch.nn as nn
 
+    onnx_file = str(model).lower().endswith(".onnx") and not isinstance(model, nn.Module)
+    if (input_name or input_layout) and not onnx_file:
+        raise EdgesegError(f"{model}: --input and --input-layout choose the image input of a foreign ONNX file")
     if isinstance(model, nn.Module):
         return ModuleSource(model, opts, classes=classes, mean=mean, std=std, output=output,
                             resize_output=resize_output)
-    if str(model).lower().endswith(".onnx"):
-        return OnnxSource(Path(model), opts, classes=classes, mean=mean, std=std)
+    if onnx_file:
+        return OnnxSource(Path(model), opts, classes=classes, mean=mean, std=std, input_name=input_name,
+                          input_layout=input_layout, output=output)
     if classes is not None or output is not None:
         raise EdgesegError(f"{model}: classes= and output= describe a module or a foreign ONNX file; a checkpoint "
                            f"carries its own")

@@ -204,6 +204,42 @@ class TwoOutputs(nn.Module):
         return self.a(x), self.b(x)
 
 
+class NhwcTwoOutputs(nn.Module):
+    """An NHWC model with two score outputs, exported the way a user would: what `--input-layout` and `--output` are for."""
+
+    def __init__(self):
+        super().__init__()
+        self.pair = TwoOutputs()
+
+    def forward(self, x):
+        return self.pair(x.permute(0, 3, 1, 2))
+
+
+def test_cli_export_chooses_the_input_layout_and_the_output(tmp_path, tiny_camvid, camvid, capsys):
+    model = NhwcTwoOutputs().eval()
+    src = torch_export(model, tmp_path / "theirs.onnx", nhwc=True, names=("rgb", "left"),
+                       outputs=["left", "right"])
+    (tmp_path / "classes.json").write_text(json.dumps(CAMVID.to_dict()))
+    argv = ["export", "--model", str(src), "--classes", str(tmp_path / "classes.json"), "--mean", "0.485,0.456,0.406",
+            "--std", "0.229,0.224,0.225", "--data", str(tiny_camvid), "--precision", "fp32"]
+    assert main([*argv, "--out", str(tmp_path / "nchw")]) == 2  # read as NCHW it has no 3-channel image input
+    assert "try --input-layout NHWC" in capsys.readouterr().err
+    assert main([*argv, "--input-layout", "NHWC", "--out", str(tmp_path / "two")]) == 2
+    assert "choose one with --output NAME" in capsys.readouterr().err
+    out = tmp_path / "ours"
+    assert main([*argv, "--input-layout", "NHWC", "--output", "right", "--out", str(out)]) == 0
+    ours = out / "theirs.fp32.onnx"
+    # the original takes only its export shape: the adoption compared the two there, the export checks the rest
+    fp32 = json.loads((out / "report.json").read_text())["validation"]["fp32"]
+    assert fp32["passed"] and fp32["reference"] == "adopted onnx (matched the original at 1x96x128x3)"
+    x = norm(rgb_frames(camvid, 1, (64, 96))[0])
+    with open_backend(ours, "ort-cpu") as be, torch.inference_mode():
+        want = model.pair.b(x).numpy()  # the output chosen, from an NCHW input
+        assert np.abs(be.infer(x.numpy()) - want).max() < 1e-4
+    assert main(["export", "--model", "demo", "--input-layout", "NHWC", "--out", str(tmp_path / "demo")]) == 2
+    assert "choose the image input of a foreign ONNX file" in capsys.readouterr().err
+
+
 def _classifier():
     torch.manual_seed(0)
     return nn.Sequential(nn.Conv2d(3, 11, 3), nn.AdaptiveAvgPool2d(1), nn.Flatten())

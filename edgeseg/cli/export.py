@@ -67,6 +67,14 @@ def add_arguments(p) -> None:
         p.add_argument(f"--{name}", type=_floats, default=argparse.SUPPRESS, metavar="R,G,B",
                        help=f"input normalisation {name} (fractions of 255) of an ONNX file without edgeseg metadata "
                             f"(default: read from its metadata_props)")
+    p.add_argument("--input", dest="input_name", default=argparse.SUPPRESS, metavar="NAME",
+                   help="the image input of an ONNX file without edgeseg metadata, where it has several 4-D inputs "
+                        "(default: its one 4-D, 3-channel input)")
+    p.add_argument("--output", dest="output_name", default=argparse.SUPPRESS, metavar="NAME",
+                   help="the score or label output of an ONNX file without edgeseg metadata, where it has several "
+                        "(default: its one [N,C,h,w] scores or [N,H,W] labels output)")
+    p.add_argument("--input-layout", choices=("NCHW", "NHWC"), default=argparse.SUPPRESS,
+                   help="the image input's layout of an ONNX file without edgeseg metadata (default: NCHW)")
     p.add_argument("--force", action="store_true", default=argparse.SUPPRESS,
                    help="export again even when the outputs are up to date")
     for f in fields(ExportOptions):
@@ -87,7 +95,9 @@ def run(args) -> int:
     try:
         rep = export_model(args.model, args.out, force=getattr(args, "force", False),
                            classes=getattr(args, "classes", None), mean=getattr(args, "mean", None),
-                           std=getattr(args, "std", None), **options)
+                           std=getattr(args, "std", None), input_name=getattr(args, "input_name", None),
+                           input_layout=getattr(args, "input_layout", None), output=getattr(args, "output_name", None),
+                           **options)
     except PartialExport as e:  # what validated is published: list it, then the error line (a non-zero exit)
         _summary(e.report, args.out)
         raise
