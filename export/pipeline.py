@@ -193,8 +193,11 @@ class _Export:
         _log(self.progress, f"export: {msg}")
 
     def run(self) -> dict:
-        self.out.mkdir(parents=True, exist_ok=True)
-        self.stage_dir.mkdir(exist_ok=True)
+        try:
+            self.out.mkdir(parents=True, exist_ok=True)
+            self.stage_dir.mkdir(exist_ok=True)
+        except OSError as e:
+            raise EdgesegError(f"output folder {self.out}: cannot create it ({e.strerror}); choose another") from None
         try:
             failed = self._run()
             self._publish()

@@ -511,3 +511,9 @@ def test_cli_export_and_errors(sfnet_ckpt, tiny_camvid, tmp_path, capsys):
     assert main(["export", "--model", str(tmp_path / "nope.pt"), "--out", str(tmp_path)]) == 2
     err = capsys.readouterr().err.strip()
     assert err.startswith("edgeseg export: error:") and "nope.pt" in err and "\n" not in err
+    (tmp_path / "afile").write_text("kept")
+    for out, said in ((tmp_path / "afile", "is a file, not a folder"), (tiny_camvid / "images", "is inside the input")):
+        assert main(["export", "--model", str(sfnet_ckpt), "--out", str(out), "--data", str(tiny_camvid)]) == 2
+        err = capsys.readouterr().err.strip()
+        assert said in err and "\n" not in err
+    assert (tmp_path / "afile").read_text() == "kept"

@@ -89,7 +89,10 @@ def add_arguments(p) -> None:
 def run(args) -> int:
     from edgeseg.export.pipeline import ExportOptions, PartialExport, export_model
     from edgeseg.export.validate import Gates
+    from edgeseg.outputs import check_output
 
+    data = [args.data] if getattr(args, "data", None) else []
+    check_output(args.out, "--out", folder=True, inputs=[*data, args.model])  # before minutes of calibration
     options = {f.name: getattr(args, f.name) for f in fields(ExportOptions) if f.metadata.get("cli", True)}
     options["gates"] = Gates(**{f.name: getattr(args, f"gate_{f.name}") for f in fields(Gates)})
     try:
