@@ -25,6 +25,7 @@ import onnx
 import onnxruntime as ort
 import torch
 
+from edgeseg.benchmark.machine import cpu_line
 from edgeseg.data import SegFolder, read_image
 from edgeseg.export import export_model
 from edgeseg.export.graph import get_meta, load
@@ -167,8 +168,7 @@ def table(rows: list[dict]) -> str:
 
 
 def machine() -> str:
-    cpu = next((line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo") if line.startswith("model name")), platform.processor())
-    return (f"{cpu}, {platform.machine()}, Python {platform.python_version()}, torch {torch.__version__}, "
+    return (f"{cpu_line()}, {platform.machine()}, Python {platform.python_version()}, torch {torch.__version__}, "
             f"onnxruntime {ort.__version__}")
 
 

@@ -25,6 +25,7 @@ import cv2
 import numpy as np
 import onnxruntime as ort
 
+from edgeseg.benchmark.machine import cpu_line
 from edgeseg.export_cache import CLIP, export_cached
 from edgeseg.meta import classes_of
 from edgeseg.runtime.backends import open_backend
@@ -134,7 +135,7 @@ def main() -> int:
     base = rows["inference only"]["fps"]
     print(f"Model: {what}; input {size[0]}x{size[1]}; source {args.source} ({len(frames)} frames, "
           f"{frames[0].shape[1]}x{frames[0].shape[0]}); ONNX Runtime {ort.__version__} CPU, "
-          f"threads {args.threads or 'default'}; OpenCV {cv2.__version__}; {_cpu()}, {_cores()} cores; Python {platform.python_version()}; "
+          f"threads {args.threads or 'default'}; OpenCV {cv2.__version__}; {cpu_line()}; Python {platform.python_version()}; "
           f"median of {args.repeat} interleaved runs.\n")
     print("| mode | frames | FPS | x inference only | latency p50 ms | latency p99 ms | dropped |")
     print("|---|---:|---:|---:|---:|---:|---:|")
@@ -143,22 +144,6 @@ def main() -> int:
     print("\nLatency: inference only = one infer call; otherwise frame read to frame written. 'Every frame' reads a file "
           "ahead of inference, so its latency includes queueing; 'live' drops stale frames instead.")
     return 0
-
-
-def _cpu() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
-
-
-def _cores() -> int:
-    import os
-
-    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
 
 
 if __name__ == "__main__":

@@ -1,7 +1,7 @@
 """What the numbers were measured on (CPU, GPU, driver, library versions) and the machine's practical peak.
 
-The peak is the best of a few large matrix products (fp32, and int8 through torch._int_mm where it exists,
-fp16 on a GPU): the ceiling a network's Conv/MatMul layers could reach, against which each row's achieved
+The peak is the best of a few large matrix products (fp32; int8 through torch._int_mm and, on the CPU, ONNX
+Runtime's MatMulInteger; fp16 on a GPU): the ceiling a network's Conv/MatMul layers could reach, against which each row's achieved
 GFLOP/s is put (a roofline's compute roof, measured rather than read off a data sheet).
 """
 from __future__ import annotations
@@ -36,6 +36,13 @@ def _tensorrt_version() -> str | None:
     except ImportError:
         return None
     return getattr(tensorrt, "__version__", "unknown")
+
+
+def cpu_line() -> str:
+    """The CPU in a few words for a report: model, cores available to this process, vector extensions."""
+    info = cpu_info()
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else info["logical_cores"]
+    return f"{info['model']}, {cores} cores" + (f" ({', '.join(info['simd'])})" if info["simd"] else "")
 
 
 def cpu_info() -> dict:
