@@ -13,8 +13,9 @@ Unpooling, option `unpool`:
   row-major order. Ties therefore resolve as PyTorch's max-pooling indices do (the first maximum wins), so the
   result equals `F.max_unpool2d` with the pooling indices exactly; NaN windows are not handled. The graph is
   MaxPool, Resize (nearest), Equal, Mul, Where: every op TensorRT's ONNX parser builds (it has no MaxUnpool).
-- `indices`: the paper's form, `max_pool2d(return_indices=True)` + `max_unpool2d`. ONNX Runtime runs its
-  MaxUnpool; TensorRT cannot build it.
+- `indices`: the paper's form, `max_pool2d(return_indices=True)` + `max_unpool2d`. PyTorch's ONNX exporter has
+  no MaxUnpool, so the export scatters the values to the indices (ScatterElements); ONNX Runtime runs it,
+  TensorRT's parser does not take MaxPool's indices output.
 """
 from __future__ import annotations
 
@@ -24,7 +25,7 @@ from torch import nn
 
 from edgeseg.errors import EdgesegError
 from edgeseg.models.backbones.vgg import VGG16
-from edgeseg.models.base import SegModel
+from edgeseg.models.base import SegModel, _exporting
 from edgeseg.models.layers import ConvBNReLU
 from edgeseg.models.registry import register
 
@@ -65,6 +66,10 @@ class SwitchPool(nn.MaxPool2d):
 def unpool(x: torch.Tensor, switch) -> torch.Tensor:
     if isinstance(switch, tuple):
         idx, size = switch
+        if _exporting():  # max_unpool2d has no ONNX symbolic, and its size check fails on traced sizes
+            n, c = x.shape[:2]
+            flat = x.new_zeros((n, c, size[0] * size[1])).scatter(2, idx.flatten(2), x.flatten(2))
+            return flat.reshape(n, c, size[0], size[1])
         return F.max_unpool2d(x, idx, 2, 2, output_size=size)
     return torch.where(switch, _up2(x, *switch.shape[-2:]), 0.0)
 

@@ -81,6 +81,15 @@ class UNetPlusPlus(SegModel):
         if deep_supervision and prune > 1:
             self.aux_head = self.heads[:-1]
 
+    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
+        # `head` is an alias of heads[-1]: a deeper model's head.* is its own last head, so head L is taken from
+        # heads.{L-1}.* (loaded after heads.*, head.* would otherwise overwrite it with head 4)
+        for name in ("weight", "bias"):
+            key = f"{prefix}heads.{len(self.heads) - 1}.{name}"
+            if key in state_dict:
+                state_dict[f"{prefix}head.{name}"] = state_dict[key]
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
+
     def forward(self, images):
         if not _exporting():
             self.check_input(images)
