@@ -94,6 +94,27 @@ def test_exported_torch_layers_and_their_int8_form(tmp_path):
     assert count_flops(q, (1, 3, h, w))["by_op"] == want
 
 
+def test_shapes_the_symbolic_inference_cannot_follow_come_from_a_run():
+    """Token count from float arithmetic on the input size (as a ViT computes its position-embedding grid): the
+    symbolic inference loses the MatMul's shapes, one ONNX Runtime run on zeros gives them."""
+    from edgeseg.benchmark.flops import tensor_shapes
+
+    nodes = [helper.make_node("Shape", ["x"], ["s"]), helper.make_node("Gather", ["s", "i2"], ["h"], axis=0),
+             helper.make_node("Cast", ["h"], ["hf"], to=TensorProto.FLOAT), helper.make_node("Sqrt", ["hf"], ["hs"]),
+             helper.make_node("Mul", ["hs", "hs"], ["hh"]), helper.make_node("Round", ["hh"], ["hr"]),
+             helper.make_node("Cast", ["hr"], ["hi"], to=TensorProto.INT64),
+             helper.make_node("Concat", ["one", "hi", "m1"], ["shape"], axis=0),
+             helper.make_node("Reshape", ["x", "shape"], ["t"]), helper.make_node("MatMul", ["t", "w"], ["y"])]
+    inits = {"one": np.array([1], np.int64), "i2": np.array([2], np.int64), "m1": np.array([-1], np.int64),
+             "w": np.zeros((32, 5), np.float32)}
+    x = helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 4, "H", 8])
+    model = graph_model(nodes, [x], [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)], inits)
+    for h in (9, 16):
+        assert "t" not in tensor_shapes(model, (1, 4, h, 8))
+        assert count_flops(model, (1, 4, h, 8)) == {"total": 2 * h * 5 * 32, "by_op": {"MatMul": 2 * h * 5 * 32},
+                                                    "uncounted": []}
+
+
 def test_flops_bad_input(tmp_path):
     junk = tmp_path / "junk.onnx"
     junk.write_text("not a model")

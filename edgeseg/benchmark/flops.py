@@ -107,10 +107,33 @@ def node_flops(node, shapes: dict[str, tuple[int, ...]]) -> int | None:
 COUNTED = CONV_OPS + MATMUL_OPS + ("ConvTranspose", "Gemm")
 
 
+def _run_shapes(model: onnx.ModelProto, input_shape: tuple[int, ...], names: set[str]) -> dict[str, tuple[int, ...]]:
+    """The shapes of `names` from one ONNX Runtime run on zeros: for graphs whose shape arithmetic the symbolic
+    inference cannot follow (a ViT's position-embedding grid read from the input size)."""
+    from edgeseg.runtime.backends.ort import ort_session
+
+    probe = onnx.ModelProto()
+    probe.CopyFrom(model)
+    known = {o.name for o in probe.graph.output}
+    probe.graph.output.extend(onnx.helper.ValueInfoProto(name=n) for n in sorted(names - known))
+    inp = next(i for i in probe.graph.input if i.name not in {t.name for t in probe.graph.initializer})
+    dtype = onnx.helper.tensor_dtype_to_np_dtype(inp.type.tensor_type.elem_type)
+    try:
+        sess = ort_session(probe.SerializeToString(), threads=1, optimization="disable")
+        values = sess.run(None, {inp.name: np.zeros(input_shape, dtype)})
+    except Exception as e:  # noqa: BLE001 (onnxruntime's own exception types)
+        raise EdgesegError(f"FLOP count: the graph does not run at {list(input_shape)} ({str(e).strip()[:160]})") from None
+    return {o.name: tuple(v.shape) for o, v in zip(sess.get_outputs(), values)}
+
+
 def count_flops(model, input_shape: tuple[int, ...]) -> dict:
     """{"total": FLOPs, "by_op": {op: FLOPs}, "uncounted": [names of counted-type nodes whose shapes are unknown]}."""
     model = _load(model)
     shapes = tensor_shapes(model, input_shape)
+    counted = [n for n in model.graph.node if n.op_type in COUNTED]
+    missing = {t for n in counted for t in (*n.input, n.output[0]) if t and t not in shapes}
+    if missing:
+        shapes.update(_run_shapes(model, input_shape, missing))
     by_op: dict[str, int] = {}
     uncounted = []
     for node in model.graph.node:
