@@ -55,7 +55,7 @@ def benchmark(request: dict, settings: Settings, out: Path, *, command: str = ""
     sources = resolve(request["archs"], request["models"], classes, settings.cache)
     peaks = measure_peaks(settings.threads)
     grid = Grid(sources, request["backends"], request["precisions"], request["sizes"], request["batches"], settings, peaks,
-                reference_image(settings.data, settings.split))
+                reference_image(settings.data, settings.split, settings.cache))
     rows = grid.run(progress=progress)
     grid.peaks = best_peaks(peaks, measure_peaks(settings.threads))  # once more, after the rows: keep the higher
     grid.rate_rows()

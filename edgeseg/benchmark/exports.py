@@ -1,31 +1,14 @@
 """The files a row runs, made by the export stage (`export_model`, `build_engine`) and cached by it.
 
 One export per model and precision (and int8 placement), each in its own folder: a precision whose validation
-fails then fails its own rows only. Without --data, the export validates and calibrates on seeded noise images
-(the random-weight rows measure latency only); the int8 accuracy guard runs for trained models with --data.
+fails then fails its own rows only. Without --data, the export validates and calibrates on frames of the shipped
+street clip (the random-weight rows measure latency only); the int8 accuracy guard runs for trained models with --data.
 """
 from __future__ import annotations
 
 from pathlib import Path
 
-import numpy as np
-
-from edgeseg.benchmark.sources import Source
-
-
-def noise_images(cache: Path, n: int = 4) -> Path:
-    """A folder of seeded noise images: what the export stage validates and calibrates on without data."""
-    import cv2
-
-    folder = cache / "noise-images"
-    rng = np.random.default_rng(0)
-    for i in range(n):
-        img = rng.integers(0, 256, (360, 480, 3), dtype=np.uint8)
-        path = folder / f"noise{i}.png"
-        if not path.exists():
-            folder.mkdir(parents=True, exist_ok=True)
-            cv2.imwrite(str(path), img)
-    return folder
+from edgeseg.benchmark.sources import Source, clip_frames
 
 
 def onnx_file(src: Source, precision: str, target: str, data: Path | None, eval_limit: int | None, cache: Path) -> dict[str, Path]:
@@ -40,8 +23,8 @@ def onnx_file(src: Source, precision: str, target: str, data: Path | None, eval_
     if data is not None:
         options.update(data=str(data), guard=src.trained, guard_images=eval_limit)
     else:
-        noise = noise_images(cache)
-        options.update(data=str(noise), calib=str(noise), guard=False)
+        frames = clip_frames(cache)
+        options.update(data=str(frames), calib=str(frames), guard=False)
     rep = export_model(str(src.checkpoint), folder, (precision,), progress=False, **options)
     return {f["graph"]: Path(f["path"]) for f in rep["outputs"].values()}
 
