@@ -10,11 +10,11 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
-from tqdm import tqdm
 
 from edgeseg.errors import EdgesegError
 from edgeseg.evaluate import ConfusionMatrix, at_fixed_size, predict_labels
 from edgeseg.meta import classes_of
+from edgeseg.progress import progress_bar
 
 
 class _Model:
@@ -64,7 +64,7 @@ def compare_models(a, b, data, *, split: str = "val", limit: int | None = None, 
     cms = [ConfusionMatrix(classes.num_classes, classes.ignore_index) for _ in range(2)]
     same = total = 0
     max_abs, why_no_diff = 0.0, None
-    for i in tqdm(range(n), desc="compare", unit="img", disable=not progress, leave=False):
+    for i in progress_bar(range(n), show=progress, desc="compare", unit="img", leave=False):
         img, target = dataset[i]
         la, lb = ma.labels(img), mb.labels(img)
         cms[0].update(la, target)
@@ -149,7 +149,7 @@ def layer_sensitivity(ma: _Model, mb: _Model, dataset, n: int, *, calib, calib_i
     rows = []
     with tempfile.TemporaryDirectory(prefix="edgeseg-compare-") as tmp:
         work = Path(tmp)
-        for name in tqdm(layers, desc="int8 per layer", unit="layer", disable=not progress, leave=False):
+        for name in progress_bar(layers, show=progress, desc="int8 per layer", unit="layer", leave=False):
             probe = _Probe(OrtPredictor(quantize(fp32, work / "one.onnx", images, cfg, only=[name], cache=work / "ranges.json")),
                            ma.meta)
             cm = ConfusionMatrix(ma.classes.num_classes, ma.classes.ignore_index)

@@ -10,11 +10,11 @@ from typing import Callable
 
 import cv2
 import numpy as np
-from tqdm import tqdm
 
 from edgeseg.data.classes import ClassInfo
 from edgeseg.data.transforms import normalize
 from edgeseg.errors import EdgesegError
+from edgeseg.progress import progress_bar
 
 
 class ConfusionMatrix:
@@ -88,7 +88,7 @@ def evaluate(predictor: Callable, dataset, classes: ClassInfo, *, size_divisor: 
     """Metrics over a SegFolder-like dataset of (RGB image, label) pairs."""
     cm = ConfusionMatrix(classes.num_classes, classes.ignore_index)
     n = len(dataset) if limit is None else min(limit, len(dataset))
-    for i in tqdm(range(n), desc="eval", unit="img", disable=not progress, leave=False):
+    for i in progress_bar(range(n), show=progress, desc="eval", unit="img", leave=False):
         img, lab = dataset[i]
         pred = predict_labels(predictor, img, size_divisor=size_divisor, scales=scales, flip=flip, mean=mean, std=std)
         cm.update(pred, lab)

@@ -25,11 +25,11 @@ from typing import Callable
 
 import numpy as np
 import onnx
-from tqdm import tqdm
 
 from edgeseg.errors import EdgesegError
 from edgeseg.export.graph import shape_derived
 from edgeseg.export.validate import OrtPredictor, model_input
+from edgeseg.progress import progress_bar
 from edgeseg.sizes import fit
 
 CALIB_METHODS = ("minmax", "entropy", "percentile")
@@ -257,7 +257,7 @@ def sensitivity(fp32: Path, images: CalibrationImages, cfg: QuantConfig, cache: 
     feeds = [model_input([img], fit(img.shape[:2], images.meta["input"]["size_divisor"]), images.meta) for img in probes]
     want = [ref(x) for x in feeds]
     out = []
-    for name in tqdm(nodes, desc="int8 sensitivity", unit="layer", disable=not progress, leave=False):
+    for name in progress_bar(nodes, show=progress, desc="int8 sensitivity", unit="layer", leave=False):
         path = quantize(fp32, work / "probe.onnx", images, cfg, only=[name], cache=cache)
         run = OrtPredictor(path)
         err = float(np.mean([_error(run(x), w) for x, w in zip(feeds, want)]))

@@ -133,7 +133,9 @@ def test_bench_end_to_end(tiny_camvid, tmp_path, capsys):
                "--size", "64x96", "--data", str(tiny_camvid), "--eval-limit", "2", "--threads", "1",
                "--min-time", "0", "--min-runs", "3", "--warmup", "1", "--cache", str(tmp_path / "cache"), "--out", str(out)])
     assert rc == 0
-    printed = capsys.readouterr().out
+    captured = capsys.readouterr()
+    printed = captured.out
+    assert "bench: row 4/4 " in captured.err and "\r" not in captured.err  # a line per row in a log, no bar
     doc = json.loads((out / "bench.json").read_text())
     rows = doc["rows"]
     assert len(rows) == 2 * 2

@@ -16,8 +16,6 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from tqdm import tqdm
-
 from edgeseg.benchmark.exports import engine_file, graph_for, onnx_file
 from edgeseg.benchmark.flops import count_flops, count_params
 from edgeseg.benchmark.machine import peak_for
@@ -25,6 +23,7 @@ from edgeseg.benchmark.sources import Source, reference
 from edgeseg.benchmark.timing import cpu_seconds, others_share
 from edgeseg.errors import EdgesegError
 from edgeseg.fileio import write_json
+from edgeseg.progress import on_terminal, progress_bar
 from edgeseg.runtime.backends import missing_requirement
 from edgeseg.sizes import fit
 
@@ -94,11 +93,17 @@ class Grid:
 
     def run(self, progress: bool = True) -> list[dict]:
         todo = list(self.combos())
-        bar = tqdm(todo, desc="bench", unit="row", disable=not progress)
+        tty = progress and on_terminal()  # a bar on a terminal, a line per row in a log
+        bar = progress_bar(todo, show=progress, desc="bench", unit="row")
         with tempfile.TemporaryDirectory(prefix="edgeseg-bench-") as tmp:
-            for src, size, batch, precision, backend in bar:
-                bar.set_postfix_str(f"{src.name} {backend} {precision} {size[0]}x{size[1]} b{batch}")
-                self.rows.append(self.row(src, size, batch, precision, backend, Path(tmp)))
+            for i, (src, size, batch, precision, backend) in enumerate(bar, 1):
+                what = f"{src.name} {backend} {precision} {size[0]}x{size[1]} b{batch}"
+                bar.set_postfix_str(what)
+                row = self.row(src, size, batch, precision, backend, Path(tmp))
+                self.rows.append(row)
+                if progress and not tty:
+                    done = f"{row['latency_median_ms']:.1f} ms" if row["status"] == "ok" else row["status"]
+                    print(f"bench: row {i}/{len(todo)} {what}: {done}", file=sys.stderr, flush=True)
         return self.rows
 
     def row(self, src: Source, size, batch: int, precision: str, backend: str, tmp: Path) -> dict:

@@ -10,7 +10,6 @@ import json
 import math
 import os
 import re
-import sys
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -18,13 +17,13 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.distributed as dist
-from tqdm import tqdm
 
 from edgeseg.data import SegFolder, TrainTransform
 from edgeseg.errors import EdgesegError
 from edgeseg.evaluate import evaluate
 from edgeseg.fileio import remove_stale_temporaries, write_text
 from edgeseg.models import checkpoint, create
+from edgeseg.progress import on_terminal, progress_bar
 from edgeseg.runtime.backends.pytorch import TorchBackend
 from edgeseg.train.losses import median_frequency_weights, seg_loss
 from edgeseg.train.schedule import poly_lr
@@ -249,8 +248,8 @@ def train(cfg: TrainConfig, resume: bool = False, given: dict | None = None) -> 
     total = cfg.epochs * per_rank_batches
     warmup = int(cfg.warmup_epochs * per_rank_batches)
     # A progress bar on a terminal; in a log file (stdout redirected) one line per epoch instead.
-    tty = main and sys.stderr.isatty()
-    bar = tqdm(total=total, initial=start_epoch * per_rank_batches, disable=not tty, unit="it", dynamic_ncols=True)
+    tty = main and on_terminal()
+    bar = progress_bar(show=tty, total=total, initial=start_epoch * per_rank_batches, unit="it", dynamic_ncols=True)
     end_epoch = cfg.epochs if cfg.stop_after is None else min(cfg.epochs, start_epoch + cfg.stop_after)
     for epoch in range(start_epoch, end_epoch):
         torch.manual_seed(cfg.seed * 100_003 + epoch)  # dropout: a function of the epoch
