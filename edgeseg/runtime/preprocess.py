@@ -9,12 +9,7 @@ import cv2
 import numpy as np
 
 from edgeseg.errors import EdgesegError
-from edgeseg.sizes import fit, parse_hw
-
-
-def parse_size(text: str) -> tuple[int, int]:
-    """'HxW' -> (H, W), within the sizes every model takes (edgeseg.sizes)."""
-    return parse_hw(text)
+from edgeseg.sizes import fit
 
 
 def train_size(meta: dict) -> tuple[int, int] | None:
