@@ -104,6 +104,36 @@ def test_a_failing_row_is_reported_and_the_grid_goes_on(tmp_path):
     assert status["64x96"][0] == "ok" and "**error**" in (tmp_path / "out" / "bench.md").read_text()
 
 
+def test_an_exported_onnx_file_is_benchmarked_as_it_is(tiny_camvid, tmp_path):
+    """`--model X.onnx` (what `edgeseg export` wrote, from any source): rows at its own precision on ONNX runtimes,
+    parameters and FLOPs from the file, mIoU with --data; PyTorch and other precisions skipped with the reason."""
+    import torch
+
+    from edgeseg.benchmark.flops import count_params
+    from edgeseg.data import SegFolder
+    from edgeseg.export import export_model
+    from edgeseg.models import checkpoint, create
+
+    torch.manual_seed(0)
+    ckpt = tmp_path / "mine.pt"
+    checkpoint.save(checkpoint.model_record(create("unet", 11, width=8), SegFolder(tiny_camvid, "val").classes), ckpt)
+    rep = export_model(ckpt, tmp_path / "exported", ("fp32",), data=str(tiny_camvid), sizes=((64, 96),), guard=False,
+                       validate_images=1, progress=False)
+    onnx_path = rep["outputs"]["fp32"]["path"]
+    out = tmp_path / "out"
+    assert main(["bench", "--model", onnx_path, "--backend", "torch,ort", "--precision", "fp32,int8", "--size", "64x96",
+                 "--data", str(tiny_camvid), "--eval-limit", "2", "--threads", "1", "--min-time", "0", "--min-runs", "2",
+                 "--warmup", "0", "--cache", str(tmp_path / "cache"), "--out", str(out)]) == 0
+    doc = json.loads((out / "bench.json").read_text())
+    (row,) = doc["rows"]
+    assert row["status"] == "ok" and row["model"] == "mine.fp32" and row["weights"] == "onnx" and row["backend"] == "ort"
+    assert row["params_m"] == pytest.approx(count_params(onnx_path) / 1e6) and row["gflop"] > 0
+    assert 0 <= row["miou"] <= 1 and row["eval_images"] == 2
+    reasons = {(s["backend"], s["precision"]): s["reason"] for s in doc["skipped"]}
+    assert "no PyTorch module" in reasons[("torch", "fp32")] and "holds the fp32 graph" in reasons[("ort", "int8")]
+    assert not (tmp_path / "cache" / "onnx").exists()  # measured as it is: nothing exported again
+
+
 def test_worker_failure_is_the_rows_error(tmp_path):
     """A runtime that raises in the row's process gives an error result; the grid's process carries on."""
     bogus = tmp_path / "bogus.onnx"

@@ -92,6 +92,7 @@ def test_exported_torch_layers_and_their_int8_form(tmp_path):
     q = onnx.load(str(int8))
     assert any(n.op_type == "DequantizeLinear" for n in q.graph.node)
     assert count_flops(q, (1, 3, h, w))["by_op"] == want
+    assert count_params(q) == count_params(fp32)  # int8 weights and int32 biases, not the scales and zero points
 
 
 def test_shapes_the_symbolic_inference_cannot_follow_come_from_a_run():

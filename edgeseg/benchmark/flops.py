@@ -148,7 +148,13 @@ def count_flops(model, input_shape: tuple[int, ...]) -> dict:
 
 
 def count_params(model) -> int:
-    """Elements of the floating-point initializers: the deployed weights (BatchNorm is folded into Conv on export)."""
+    """Elements of the weight initializers: the deployed weights (BatchNorm is folded into Conv on export), float or
+    int8 (a Q/DQ graph's weights), not the quantization scales and zero points."""
     model = _load(model)
-    floating = {onnx.TensorProto.FLOAT, onnx.TensorProto.FLOAT16, onnx.TensorProto.DOUBLE, onnx.TensorProto.BFLOAT16}
-    return int(sum(int(np.prod(t.dims)) for t in model.graph.initializer if t.data_type in floating and len(t.dims) > 0))
+    T = onnx.TensorProto
+    weights = {T.FLOAT, T.FLOAT16, T.DOUBLE, T.BFLOAT16, T.INT8, T.UINT8}
+    qdq = [n for n in model.graph.node if n.op_type in ("QuantizeLinear", "DequantizeLinear")]
+    qparams = {i for n in qdq for i in n.input[1:]}
+    int32_biases = {n.input[0] for n in qdq if n.op_type == "DequantizeLinear"}
+    return int(sum(int(np.prod(t.dims)) for t in model.graph.initializer if len(t.dims) > 0 and t.name not in qparams
+                   and (t.data_type in weights or (t.data_type == T.INT32 and t.name in int32_biases))))

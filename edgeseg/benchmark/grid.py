@@ -67,6 +67,17 @@ def unsupported(backend: str, precision: str) -> str | None:
     return missing_requirement(backend)
 
 
+def onnx_mismatch(src: Source, backend: str, precision: str) -> str | None:
+    """Why an ONNX source has no row here: it is measured as it is, at its own precision, on ONNX runtimes."""
+    if src.onnx is None:
+        return None
+    if backend in TORCH_BACKENDS:
+        return f"{src.onnx.name} is an ONNX file: no PyTorch module to run"
+    if precision != src.precision:
+        return f"{src.onnx.name} holds the {src.precision} graph (export the other precisions with `edgeseg export`)"
+    return None
+
+
 class Grid:
     def __init__(self, sources: list[Source], backends: list[str], precisions: list[str], sizes: list[tuple[int, int]],
                  batches: list[int], settings: Settings, peaks: dict, ref_image):
@@ -83,7 +94,7 @@ class Grid:
                 for batch in self.batches:
                     for precision in self.precisions:
                         for backend in self.backends:
-                            why = unsupported(backend, precision)
+                            why = unsupported(backend, precision) or onnx_mismatch(src, backend, precision)
                             if why:
                                 skip = {"model": src.name, "backend": backend, "precision": precision, "reason": why}
                                 if skip not in self.skipped:
@@ -127,7 +138,7 @@ class Grid:
 
     def prepare(self, src: Source, run_size, batch: int, precision: str, backend: str, row: dict) -> dict:
         files = {"checkpoint": str(src.checkpoint)}
-        fp32 = self.export(src, "fp32", "cpu")["plain"]
+        fp32 = src.onnx or self.export(src, "fp32", "cpu")["plain"]  # what parameters and FLOPs are read from
         if "params" not in src.memo:
             src.memo["params"] = count_params(fp32)
         row["params_m"] = src.memo["params"] / 1e6
@@ -135,7 +146,7 @@ class Grid:
             src.memo[("flops", run_size)] = count_flops(fp32, (1, 3, *run_size))["total"]
         row["gflop"] = src.memo[("flops", run_size)] / 1e9
         if backend not in TORCH_BACKENDS:
-            graphs = self.export(src, precision, int8_target(backend))
+            graphs = {"plain": src.onnx} if src.onnx else self.export(src, precision, int8_target(backend))
             graph = graph_for(backend, graphs)
             files["onnx"] = str(graphs[graph])
             if graph == "flowwarp-plugin":
@@ -143,7 +154,7 @@ class Grid:
         if backend == "tensorrt":
             files["engine"] = str(engine_file(Path(files["onnx"]), run_size, batch, self.s.cache))
         x_path, y_path = reference(src, self.ref_image, run_size, self.s.cache)
-        spec = {"backend": backend, "precision": precision, "files": files, "input": str(x_path), "reference": str(y_path),
+        spec = {"backend": backend, "precision": precision, "files": files, "input": str(x_path), "reference": str(y_path) if y_path else None,
                 "batch": batch, "threads": self.s.threads, "min_time": self.s.min_time, "min_runs": self.s.min_runs,
                 "warmup": self.s.warmup, "eval": None}
         if self.s.data is not None and src.trained and (src.name, backend, precision) not in self._evals:

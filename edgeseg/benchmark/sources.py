@@ -1,4 +1,5 @@
-"""The models a bench measures: zoo architectures with random weights, trained checkpoints, shipped models.
+"""The models a bench measures: zoo architectures with random weights, trained checkpoints, shipped models, and
+ONNX files that `edgeseg export` wrote (yours or adopted ones: measured as they are, at their own precision).
 
 Every model becomes a checkpoint file (random-weight ones are written to the cache, named by their weights'
 hash, so that the export cache recognises them across runs) from which the exports of each precision and the
@@ -21,7 +22,7 @@ from edgeseg.errors import EdgesegError
 class Source:
     name: str  # what the table calls it: the arch, a shipped name or the checkpoint's file stem
     arch: str
-    weights: str  # "random", "shipped" or "checkpoint"
+    weights: str  # "random", "shipped", "checkpoint" or "onnx"
     checkpoint: Path
     size_divisor: int
     classes: ClassInfo
@@ -29,6 +30,8 @@ class Source:
     std: list[float]
     note: str = ""
     memo: dict = field(default_factory=dict)  # this run's exports, parameter and FLOP counts
+    onnx: Path | None = None  # an exported file measured as it is (no PyTorch rows, no export)
+    precision: str = "fp32"  # the file's precision, for an ONNX source
 
     @property
     def trained(self) -> bool:
@@ -66,6 +69,20 @@ def _from_record(name: str, weights: str, path: Path, rec: dict, note: str = "")
     return Source(name, rec["arch"], weights, path, divisor, checkpoint.classes_of(rec), list(rec["mean"]), list(rec["std"]), note)
 
 
+def _from_onnx(model: str) -> Source:
+    from edgeseg.export.graph import get_meta, load
+    from edgeseg.meta import classes_of
+
+    path = Path(model)
+    if not path.is_file():
+        raise EdgesegError(f"--model {model}: no such file")
+    meta = get_meta(load(str(path)), str(path))
+    inp = meta["input"]
+    return Source(path.name[:-len(".onnx")], meta.get("arch") or path.stem, "onnx", path, int(inp.get("size_divisor") or 1),
+                  classes_of(meta, str(path)), list(inp["mean"]), list(inp["std"]), f"{path.name} as exported",
+                  onnx=path, precision=meta.get("precision", "fp32"))
+
+
 def resolve(archs: list[str], models: list[str], classes: ClassInfo | None, cache: Path) -> list[Source]:
     """Sources for `--arch` names (random weights; the shipped model of that arch instead when `classes` comes
     from --data and it fits them) and `--model` checkpoints or shipped names."""
@@ -87,10 +104,13 @@ def resolve(archs: list[str], models: list[str], classes: ClassInfo | None, cach
             path = random_weights(arch, classes or CAMVID, cache)
             sources.append(_from_record(arch, "random", path, checkpoint.load_record(str(path))))
     for m in models:
-        path = checkpoint.resolve(m)
-        rec = checkpoint.load_record(m)
-        weights = "shipped" if m in checkpoint.SHIPPED else "checkpoint"
-        src = _from_record(m if m in checkpoint.SHIPPED else path.stem, weights, path, rec)
+        if m.lower().endswith(".onnx"):
+            src = _from_onnx(m)
+        else:
+            path = checkpoint.resolve(m)
+            rec = checkpoint.load_record(m)
+            weights = "shipped" if m in checkpoint.SHIPPED else "checkpoint"
+            src = _from_record(m if m in checkpoint.SHIPPED else path.stem, weights, path, rec)
         if classes is not None and src.classes.names != classes.names:
             raise EdgesegError(f"{m} predicts {src.classes.num_classes} classes but the --data folder has "
                                f"{classes.num_classes}; benchmark it on matching data or without --data")
@@ -115,8 +135,9 @@ def reference_image(data: Path | None, split: str, cache: Path) -> np.ndarray:
     return read_image(sorted(clip_frames(cache).glob("*.png"))[0])
 
 
-def reference(src: Source, image: np.ndarray, size: tuple[int, int], cache: Path) -> tuple[Path, Path]:
-    """(input .npy [1,3,H,W], PyTorch fp32 labels .npy [H,W]) for this source and size, cached."""
+def reference(src: Source, image: np.ndarray, size: tuple[int, int], cache: Path) -> tuple[Path, Path | None]:
+    """(input .npy [1,3,H,W], PyTorch fp32 labels .npy [H,W]) for this source and size, cached; an ONNX source has no
+    PyTorch reference (None)."""
     import cv2
 
     h, w = size
@@ -126,6 +147,8 @@ def reference(src: Source, image: np.ndarray, size: tuple[int, int], cache: Path
     if not x_path.exists():
         x = normalize(cv2.resize(image, (w, h), interpolation=cv2.INTER_LINEAR), src.mean, src.std)[None]
         _save_npy(x_path, x)
+    if src.onnx is not None:
+        return x_path, None
     if not y_path.exists():
         import torch
 

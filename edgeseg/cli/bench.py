@@ -6,7 +6,8 @@ HELP = "benchmark architectures and models across runtimes (torch, ort, opencv, 
 
 def add_arguments(p) -> None:
     p.add_argument("--arch", default=None, help="zoo architectures with random weights: all or a,b (default: all, unless --model)")
-    p.add_argument("--model", default=None, help="checkpoints (.pt) or shipped names, comma-separated (mIoU measured with --data)")
+    p.add_argument("--model", default=None, help="checkpoints (.pt), shipped names or exported .onnx files (measured as they are, at their own "
+                        "precision), comma-separated; mIoU measured with --data (default: none)")
     p.add_argument("--backend", default="torch,ort,opencv,tensorrt",
                    help="comma-separated backend names (the same as `edgeseg run --backend`): torch, torch-compile (20-120 s of "
                         "compiling per model and size on 2 cores), ort (ONNX Runtime, CUDA if present), ort-cpu, ort-cuda, "
