@@ -121,7 +121,7 @@ class Grid:
         run_size = fit(size, src.size_divisor)
         notes = [src.note] if src.note else []
         if run_size != size:
-            notes.append(f"{size[0]}x{size[1]} rounded up to a multiple of {src.size_divisor}")
+            notes.append(f"{size[0]}x{size[1]} rounded to the nearest multiple of {src.size_divisor}")
         row = {"model": src.name, "arch": src.arch, "weights": src.weights, "backend": backend, "precision": precision,
                "size": f"{size[0]}x{size[1]}", "run_size": f"{run_size[0]}x{run_size[1]}", "batch": batch, "status": "error"}
         try:
