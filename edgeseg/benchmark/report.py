@@ -51,7 +51,7 @@ def markdown(rows: list[dict], skipped: list[dict], header: str) -> str:
                  _num(r.get("gflop"), ".1f"), _num(r.get("gflops_per_s"), ".1f"),
                  _num(None if r.get("peak_fraction") is None else 100 * r["peak_fraction"], ".0f"),
                  _num(None if r.get("agreement") is None else 100 * r["agreement"], ".1f"),
-                 miou_cell(r) if ok else "—"] + [_num(r.get("vs_baseline"), ".2f")] * vs_base + [note.replace("|", "/")]
+                 miou_cell(r) if ok else "—"] + [_num(r.get("vs_baseline"), ".2f")] * vs_base + [note.replace("|", "\\|")]  # an escaped pipe: the cell reads max |diff|
         lines.append("| " + " | ".join(cells) + " |")
     if skipped:
         lines.append("")
