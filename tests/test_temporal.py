@@ -194,3 +194,20 @@ def test_pipeline_warps_a_translated_clip(camvid, tmp_path):
     for i in range(9):
         agree = (warped[i][m:-m, m:-m] == ref[i][m:-m, m:-m]).mean()
         assert agree >= (1.0 if i % 3 == 0 else 0.97), (i, agree)
+
+
+def test_live_source_runs_temporal_mode_and_keeps_the_live_policy(camvid, tmp_path):
+    """A paced source is live (the camera case): the temporal mode runs through the same pipeline and summary, every
+    captured frame is either shown (key or warped) or counted as dropped."""
+    from edgeseg.cli.run import run_stream
+
+    model = export_onnx(conv_net(), tmp_path / "net.onnx", camvid_meta(), torch.zeros(1, 3, *HW))
+    (tmp_path / "frames").mkdir()
+    for i, f in enumerate(translated_frames(camvid, 9)):
+        cv2.imwrite(str(tmp_path / "frames" / f"{i:02d}.png"), f)
+    summary, _ = run_stream(str(model), str(tmp_path / "frames"), ["null"], backend="ort-cpu", source_kw={"rate": 30.0},
+                            pipeline_kw={"size": HW, "status": False, "temporal": "auto", "policy": "auto"})
+    t = summary["temporal"]
+    assert summary["live"] and summary["paced"]
+    assert t["key_frames"] >= 1 and t["key_frames"] + t["warped_frames"] == summary["frames"]
+    assert summary["frames"] + summary["dropped"] == 9 and t["key_reasons"]["first"] == 1
