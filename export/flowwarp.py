@@ -29,10 +29,12 @@ class FlowWarpMatchError(EdgesegError):
     """A GridSample whose grid is not a flow warp's (or whose sampling mode differs)."""
 
 
-def fuse_flowwarp(model: onnx.ModelProto) -> tuple[onnx.ModelProto, dict]:
-    """A copy of `model` with every GridSample replaced by edgeseg::FlowWarp; (model, {"replaced", "removed_nodes"}).
+def fuse_flowwarp(model: onnx.ModelProto, *, keep_others: bool = False) -> tuple[onnx.ModelProto, dict]:
+    """A copy of `model` with every GridSample replaced by edgeseg::FlowWarp; (model, {"replaced", "kept", ...}).
 
-    Raises FlowWarpMatchError naming the first GridSample that is not a flow warp.
+    Raises FlowWarpMatchError naming the first GridSample that is not a flow warp; with keep_others, such
+    GridSamples (e.g. deformable attention's) stay as they are, their reasons in "kept", and the error is raised only
+    when no GridSample is a flow warp.
     """
     model = _with_types(model)
     graph = model.graph
@@ -42,22 +44,31 @@ def fuse_flowwarp(model: onnx.ModelProto) -> tuple[onnx.ModelProto, dict]:
                                  f"--flowwarp-plugin is for flow-warp models such as sfnet")
     prod = producers(graph)
     n_before = len(graph.node)
+    kept: list[str] = []
     for gs, cone in grid_cones(graph):
-        align = _check_sampler(gs)
-        flow, start = _match(gs, cone, prod)
-        _prove_grid(_grid_subgraph(model, gs, cone, start, prod), gs, align)
-        _check_dtypes(model, gs, flow)
+        try:
+            align = _check_sampler(gs)
+            flow, start = _match(gs, cone, prod)
+            _prove_grid(_grid_subgraph(model, gs, cone, start, prod), gs, align)
+            _check_dtypes(model, gs, flow)
+        except FlowWarpMatchError as e:
+            if not keep_others:
+                raise
+            kept.append(str(e))
+            continue
         node = helper.make_node(OP_TYPE, [gs.input[0], flow], [gs.output[0]], name=f"{gs.name or 'GridSample'}/FlowWarp",
                                 domain=DOMAIN, align_corners=align)
         idx = list(graph.node).index(gs)
         graph.node.remove(gs)
         graph.node.insert(idx, node)
+    if len(kept) == len(samplers):
+        raise FlowWarpMatchError(f"no GridSample is a flow warp (the first: {kept[0]})")
     removed = remove_dead_nodes(graph)
     if not any(o.domain == DOMAIN for o in model.opset_import):
         model.opset_import.append(helper.make_opsetid(DOMAIN, 1))
     _keep_output_types(graph, {n.output[0] for n in graph.node if n.op_type == OP_TYPE})
-    return model, {"replaced": len(samplers), "removed_nodes": removed, "nodes_before": n_before,
-                   "nodes_after": len(graph.node)}
+    return model, {"replaced": len(samplers) - len(kept), "kept": kept, "removed_nodes": removed,
+                   "nodes_before": n_before, "nodes_after": len(graph.node)}
 
 
 def _with_types(model: onnx.ModelProto) -> onnx.ModelProto:

@@ -194,6 +194,16 @@ def test_gates_judge_each_row_as_printed():
         Gates.of({"fp32_max": 1.0})
 
 
+def test_difference_gate_scales_with_the_reference_logits():
+    """fp32 rounding grows with the values: 1e-3 holds per unit of the largest |logit|, and absolutely below 1."""
+    rows = [{"size": [64, 96], "batch": 1, "argmax_agreement": 1.0, "max_abs_diff": 2.6e-2, "reference_max_abs": 500.0},
+            {"size": [96, 128], "batch": 1, "argmax_agreement": 1.0, "max_abs_diff": 6e-1, "reference_max_abs": 500.0},
+            {"size": [72, 104], "batch": 1, "argmax_agreement": 1.0, "max_abs_diff": 2e-3, "reference_max_abs": 0.5}]
+    passed, limit = judge(rows, max_abs=1e-3)
+    assert not passed and [r["passed"] for r in rows] == [True, False, False]
+    assert limit == "max abs diff <= 0.001 x max(1, largest |reference logit|)"
+
+
 def test_cli_options_come_from_the_dataclass():
     from dataclasses import fields
 

@@ -11,9 +11,16 @@ class FlowWarp(Pass):
         return bool(opts.flowwarp_plugin)
 
     def skip_reason(self, ctx) -> str | None:
-        warps = any(n.op_type == "GridSample" for n in ctx.models["fp32"].graph.node)
-        if ctx.o.flowwarp_plugin == "auto" and not warps:
+        if ctx.o.flowwarp_plugin != "auto":
+            return None
+        if not any(n.op_type == "GridSample" for n in ctx.models["fp32"].graph.node):
             return "auto: the model has no GridSample"
+        from edgeseg.export.flowwarp import FlowWarpMatchError, fuse_flowwarp
+
+        try:  # auto leaves GridSamples that are not flow warps (deformable attention) as they are
+            self._fp32 = fuse_flowwarp(ctx.models["fp32"], keep_others=True)
+        except FlowWarpMatchError as e:
+            return f"auto: {e}"
         return None
 
     def apply(self, ctx) -> list[Output]:
@@ -23,7 +30,8 @@ class FlowWarp(Pass):
         out = []
         for key in [k for k in ("fp32", "fp16", "int8") if k in ctx.models]:
             ctx.log(f"{key}: GridSample -> edgeseg::FlowWarp")
-            model, info = fuse_flowwarp(ctx.models[key])
+            fused = getattr(self, "_fp32", None) if key == "fp32" else None
+            model, info = fused or fuse_flowwarp(ctx.models[key], keep_others=ctx.o.flowwarp_plugin == "auto")
             ctx.rep["flowwarp"][key] = info
             if key == "fp32":
                 out.append(Output(f"{key}-flowwarp", model, key, key, max_abs=ctx.gates.plugin_max_abs))
