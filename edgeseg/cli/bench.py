@@ -13,7 +13,7 @@ def add_arguments(p) -> None:
                         "compiling per model and size on 2 cores), ort (ONNX Runtime, CUDA if present), ort-cpu, ort-cuda, "
                         "ort-trt, opencv, tensorrt; a backend whose package is missing is skipped with the reason")
     p.add_argument("--precision", default="fp32", help="comma-separated: fp32, fp16, int8")
-    p.add_argument("--size", default="360x480", help="input sizes HxW, comma-separated (rounded up to each model's size divisor)")
+    p.add_argument("--size", default="360x480", help="input sizes HxW, comma-separated (each rounded to the nearest multiple of the model's size divisor)")
     p.add_argument("--batch", default="1", help="batch sizes, comma-separated")
     p.add_argument("--data", default=None, help="data folder: mIoU of trained models, int8 calibration and the reference image")
     p.add_argument("--split", default="val", help="split evaluated with --data")
