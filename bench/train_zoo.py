@@ -27,8 +27,8 @@ from edgeseg.models import available
 
 # cheapest first: GFLOP at 360x480 of the trained configuration (bench/results/zoo_all_cpu, mobilenetv2 where used)
 ORDER = ("espnet_c", "espnet", "deeplabv3plus", "fcn8s", "alignseg", "pspnet", "segformer", "maskformer",
-         "mask2former", "segmenter", "deeplabv3", "setr", "u2netp", "segnet_basic", "unet", "deeplabv2",
-         "deeplabv1", "unetpp", "segnet", "u2net")
+         "mask2former", "segmenter", "deeplabv3", "setr", "u2netp", "unet", "deeplabv2", "segnet_basic",
+         "deeplabv1", "unetpp", "u2net", "segnet")
 # the architectures whose encoder can be torchvision's ImageNet MobileNetV2
 IMAGENET_MOBILENET = ("deeplabv3plus", "fcn8s", "alignseg", "pspnet", "maskformer", "mask2former")
 SHIPPED = ("sfnet",)  # trained as the shipped `demo` model (edgeseg/zoo/demo.md)

@@ -105,7 +105,8 @@ class PartialExport(EdgesegError):
 
 def export_model(model, out_dir: str | os.PathLike, precisions=("fp32",), *, progress: bool = True, force: bool = False,
                  classes=None, mean=None, std=None, output=None, resize_output: bool = False,
-                 input_name: str | None = None, input_layout: str | None = None, **options) -> dict:
+                 input_name: str | None = None, input_layout: str | None = None, model_options: dict | None = None,
+                 **options) -> dict:
     """Export a model to validated ONNX files in out_dir; returns the report dict.
 
     model: a checkpoint path or shipped name; a `torch.nn.Module` mapping normalised RGB images [N,3,H,W] to
@@ -114,7 +115,8 @@ def export_model(model, out_dir: str | os.PathLike, precisions=("fp32",), *, pro
     object's `logits` by default) and `resize_output` (upsample scores at 1/k resolution in the graph; otherwise the
     metadata says `output_stride` k and runtimes upsample); or an `.onnx` file (with edgeseg's metadata, or adopted:
     then `classes`, `mean`, `std` describe it, and `input_name`, `input_layout` ("NCHW" or "NHWC") and `output` (a
-    tensor name) choose its image input and score output where the adoption cannot tell).
+    tensor name) choose its image input and score output where the adoption cannot tell). `model_options` set a
+    checkpoint architecture's inference options (UNet++'s prune=L) on its trained weights.
     options: the fields of ExportOptions (gates: a Gates or a dict of its fields). Outputs:
     report["outputs"][key]["path"] (key "fp32", "int8", "fp32-flowwarp", ...). A second call with the same model and
     options returns the cached report. Raises PartialExport (an EdgesegError) after publishing what validated when a
@@ -124,7 +126,7 @@ def export_model(model, out_dir: str | os.PathLike, precisions=("fp32",), *, pro
 
     opts = ExportOptions(precisions=tuple(precisions), **options)
     src = open_source(model, opts, classes=classes, mean=mean, std=std, output=output, resize_output=resize_output,
-                      input_name=input_name, input_layout=input_layout)
+                      input_name=input_name, input_layout=input_layout, model_options=model_options)
     target = resolve_target(opts.int8_target) if "int8" in opts.precisions else None
     out_dir = Path(out_dir)
     key = _cache_key(src.sha, src.key_extra, opts, target)

@@ -59,14 +59,16 @@ class _Torch(Source):
 class CheckpointSource(_Torch):
     kind = "checkpoint"
 
-    def __init__(self, model: str):
+    def __init__(self, model: str, options: dict | None = None, name: str | None = None):
         from edgeseg.fileio import sha256_file
         from edgeseg.models import checkpoint
 
         src = checkpoint.resolve(model)
-        self.net, self.rec = checkpoint.load_model(str(src))
+        self.rec = checkpoint.with_options(checkpoint.load_record(model), options or {}, str(src))
+        self.net = checkpoint.build_model(self.rec, str(src))
         self.path, self.sha, self.arch = str(src), sha256_file(src), self.rec["arch"]
-        self.name = model if model in checkpoint.SHIPPED else src.stem
+        self.name = name or (model if model in checkpoint.SHIPPED else src.stem) + checkpoint.options_suffix(options or {})
+        self.key_extra = {"options": options} if options else None
         self.classes = checkpoint.classes_of(self.rec)
         self.mean, self.std = self.rec["mean"], self.rec["std"]
         self.divisor = getattr(self.net, "size_divisor", 1)
@@ -206,10 +208,14 @@ class _Original:
 
 
 def open_source(model, opts, *, classes=None, mean=None, std=None, output=None, resize_output: bool = False,
-                input_name: str | None = None, input_layout: str | None = None) -> Source:
+                input_name: str | None = None, input_layout: str | None = None,
+                model_options: dict | None = None) -> Source:
     import torch.nn as nn
 
     onnx_file = str(model).lower().endswith(".onnx") and not isinstance(model, nn.Module)
+    if model_options and (onnx_file or isinstance(model, nn.Module)):
+        raise EdgesegError(f"--opt {next(iter(model_options))}: options change a checkpoint's architecture; "
+                           f"{model if onnx_file else 'a module'} is built already")
     if (input_name or input_layout) and not onnx_file:
         raise EdgesegError(f"{model}: --input and --input-layout choose the image input of a foreign ONNX file")
     if isinstance(model, nn.Module):
@@ -221,4 +227,4 @@ def open_source(model, opts, *, classes=None, mean=None, std=None, output=None, 
     if classes is not None or output is not None:
         raise EdgesegError(f"{model}: classes= and output= describe a module or a foreign ONNX file; a checkpoint "
                            f"carries its own")
-    return CheckpointSource(str(model))
+    return CheckpointSource(str(model), model_options, opts.name)

@@ -2,6 +2,8 @@
 AlignSeg's flow warps, the graph-reasoning context units, and TensorRT-parsable op types."""
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import onnx
 import onnxruntime as ort
@@ -109,6 +111,42 @@ def test_unetpp_pruned_model_is_the_full_models_head(unetpp_full, level):
         torch.testing.assert_close(pruned(x), ref, rtol=1e-5, atol=1e-5)
         if level < 4:  # the comparison tells the heads apart
             assert (unetpp_full(x) - ref).abs().max() > 1e-2
+
+
+def test_a_trained_unetpp_exports_and_benchmarks_at_a_pruned_level(tiny_camvid, tmp_path, capsys):
+    """`--opt prune=L` on a full UNet++ checkpoint: the export is the full model's head L; bench gives a row per level;
+    options that would need retraining are refused in one line."""
+    from edgeseg.cli import main
+    from edgeseg.data import CAMVID
+    from edgeseg.models import checkpoint
+
+    torch.manual_seed(0)
+    full = randomize(create("unetpp", CAMVID.num_classes, width=8)).eval()
+    ckpt = tmp_path / "unetpp.pt"
+    checkpoint.save(checkpoint.model_record(full, CAMVID), ckpt)
+    out = tmp_path / "exp"
+    assert main(["export", "--model", str(ckpt), "--opt", "prune=2", "--out", str(out), "--data", str(tiny_camvid),
+                 "--no-guard", "--validate-sizes", "64x96,96x128", "--validate-images", "1"]) == 0
+    x = torch.randn(1, 3, 96, 128)
+    with torch.no_grad():
+        want = full.heads[1](full.decoder(full.encoder(x))[1]).numpy()
+    sess = ort.InferenceSession(str(out / "unetpp-prune2.fp32.onnx"), providers=["CPUExecutionProvider"])
+    np.testing.assert_allclose(sess.run(None, {sess.get_inputs()[0].name: x.numpy()})[0], want, rtol=1e-4, atol=1e-4)
+
+    capsys.readouterr()
+    assert main(["bench", "--model", str(ckpt), "--opt", "prune=1,2", "--backend", "ort-cpu", "--size", "64x96",
+                 "--threads", "1", "--min-time", "0", "--min-runs", "2", "--warmup", "0", "--cache",
+                 str(tmp_path / "cache"), "--out", str(tmp_path / "bench")]) == 0
+    rows = json.loads((tmp_path / "bench" / "bench.json").read_text())["rows"]
+    assert [r["model"] for r in rows] == ["unetpp-prune1", "unetpp-prune2"] and all(r["status"] == "ok" for r in rows)
+    assert rows[0]["gflop"] < rows[1]["gflop"] and rows[0]["params_m"] < rows[1]["params_m"]
+
+    for argv, named in ((["export", "--model", str(ckpt), "--opt", "width=16", "--out", str(tmp_path / "e2")], "width=16"),
+                        (["bench", "--model", str(ckpt), "--opt", "prune", "--out", str(tmp_path / "b2")], "prune")):
+        capsys.readouterr()
+        assert main(argv) == 2
+        err = capsys.readouterr().err.strip()
+        assert named in err and len(err.splitlines()) == 1 and not (tmp_path / argv[-1]).exists()
 
 
 # ---------------------------------------------------------------- AlignSeg

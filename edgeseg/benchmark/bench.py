@@ -10,14 +10,15 @@ from edgeseg.benchmark import baseline as compare_with
 from edgeseg.benchmark import report
 from edgeseg.benchmark.grid import Grid, Settings, parse_list
 from edgeseg.benchmark.machine import best_peaks, machine_info, measure_peaks
-from edgeseg.benchmark.sources import reference_image, resolve
+from edgeseg.benchmark.sources import option_grid, reference_image, resolve
 from edgeseg.errors import EdgesegError
 from edgeseg.meta import PRECISIONS
 from edgeseg.runtime.backends import BACKENDS
 from edgeseg.sizes import parse_hw_list
 
 
-def parse_request(arch: str | None, model: str | None, backend: str, precision: str, size: str, batch: str) -> dict:
+def parse_request(arch: str | None, model: str | None, backend: str, precision: str, size: str, batch: str,
+                  opt: list[str] = ()) -> dict:
     """The grid's axes from the command-line strings; a bad value is a one-line EdgesegError."""
     from edgeseg.models import available
 
@@ -34,7 +35,7 @@ def parse_request(arch: str | None, model: str | None, backend: str, precision: 
     return {"archs": archs, "models": [m.strip() for m in (model or "").split(",") if m.strip()],
             "backends": parse_list(backend, BACKENDS, "backend"),
             "precisions": parse_list(precision, PRECISIONS, "precision"),
-            "sizes": list(parse_hw_list(size)), "batches": batches}
+            "sizes": list(parse_hw_list(size)), "batches": batches, "options": option_grid(list(opt))}
 
 
 def benchmark(request: dict, settings: Settings, out: Path, *, command: str = "", progress: bool = True,
@@ -52,7 +53,7 @@ def benchmark(request: dict, settings: Settings, out: Path, *, command: str = ""
     if settings.threads is None:
         settings.threads = machine["cpu"]["physical_cores"] or os.cpu_count()
     settings.cache.mkdir(parents=True, exist_ok=True)
-    sources = resolve(request["archs"], request["models"], classes, settings.cache)
+    sources = resolve(request["archs"], request["models"], classes, settings.cache, request.get("options"))
     peaks = measure_peaks(settings.threads)
     grid = Grid(sources, request["backends"], request["precisions"], request["sizes"], request["batches"], settings, peaks,
                 reference_image(settings.data, settings.split, settings.cache))

@@ -9,7 +9,8 @@ output is checked, are cached beside them.
 from __future__ import annotations
 
 import hashlib
-from dataclasses import dataclass, field
+import itertools
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -62,10 +63,9 @@ def random_weights(arch: str, classes: ClassInfo, cache: Path) -> Path:
 
 def _from_record(name: str, weights: str, path: Path, rec: dict, note: str = "") -> Source:
     from edgeseg.models import checkpoint
-    from edgeseg.models.registry import _REGISTRY, _load_all
+    from edgeseg.models.registry import model_class
 
-    _load_all()
-    divisor = _REGISTRY[rec["arch"]].size_divisor
+    divisor = model_class(rec["arch"]).size_divisor
     return Source(name, rec["arch"], weights, path, divisor, checkpoint.classes_of(rec), list(rec["mean"]), list(rec["std"]), note)
 
 
@@ -83,9 +83,42 @@ def _from_onnx(model: str) -> Source:
                   onnx=path, precision=meta.get("precision", "fp32"))
 
 
-def resolve(archs: list[str], models: list[str], classes: ClassInfo | None, cache: Path) -> list[Source]:
+def option_grid(items: list[str]) -> list[dict]:
+    """`--opt KEY=V1,V2` items -> every combination of their values ([{}] for none)."""
+    from edgeseg.models.registry import parse_options
+
+    axes = []
+    for item in items:
+        key, eq, values = item.partition("=")
+        if not eq or not key or not values:
+            raise EdgesegError(f"--opt {item!r}: give KEY=VALUE or KEY=V1,V2, e.g. prune=1,2,3,4")
+        axes.append([parse_options([f"{key}={v}"]) for v in values.split(",")])
+    return [{k: v for d in combo for k, v in d.items()} for combo in itertools.product(*axes)]
+
+
+def _with_options(src: Source, options: dict, cache: Path) -> Source:
+    """The source under an architecture's inference options (UNet++'s prune=L), its checkpoint derived in the
+    cache from the trained (or random) weights."""
+    from edgeseg.models import checkpoint
+
+    if not options:
+        return src
+    if src.onnx is not None:
+        raise EdgesegError(f"--opt {next(iter(options))}: {src.onnx} is an exported graph; options apply to "
+                           f"checkpoints and --arch")
+    rec = checkpoint.with_options(checkpoint.load_record(str(src.checkpoint)), options, str(src.checkpoint))
+    suffix = checkpoint.options_suffix(options)
+    path = cache / "weights" / f"{src.arch}{suffix}-{_state_hash(rec['state_dict'])}.pt"
+    if not path.exists():
+        checkpoint.save(rec, path)
+    return replace(src, name=src.name + suffix, checkpoint=path, memo={})
+
+
+def resolve(archs: list[str], models: list[str], classes: ClassInfo | None, cache: Path,
+            options: list[dict] | None = None) -> list[Source]:
     """Sources for `--arch` names (random weights; the shipped model of that arch instead when `classes` comes
-    from --data and it fits them) and `--model` checkpoints or shipped names."""
+    from --data and it fits them) and `--model` checkpoints or shipped names; with `options` (from option_grid),
+    one source per combination."""
     from edgeseg.models import checkpoint
 
     sources = []
@@ -115,7 +148,7 @@ def resolve(archs: list[str], models: list[str], classes: ClassInfo | None, cach
             raise EdgesegError(f"{m} predicts {src.classes.num_classes} classes but the --data folder has "
                                f"{classes.num_classes}; benchmark it on matching data or without --data")
         sources.append(src)
-    return sources
+    return [_with_options(src, o, cache) for src in sources for o in options or [{}]]
 
 
 def clip_frames(cache: Path) -> Path:

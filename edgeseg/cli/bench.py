@@ -8,6 +8,9 @@ def add_arguments(p) -> None:
     p.add_argument("--arch", default=None, help="zoo architectures with random weights: all or a,b (default: all, unless --model)")
     p.add_argument("--model", default=None, help="checkpoints (.pt), shipped names or exported .onnx files (measured as they are, at their own "
                         "precision), comma-separated; mIoU measured with --data (default: none)")
+    p.add_argument("--opt", action="append", default=[], metavar="KEY=V1,V2",
+                   help="an architecture option that keeps the trained weights, one row set per value, e.g. "
+                        "prune=1,2,3,4 for unetpp (latency and mIoU per pruned level); repeatable (default: none)")
     p.add_argument("--backend", default="torch,ort,opencv,tensorrt",
                    help="comma-separated backend names (the same as `edgeseg run --backend`): torch, torch-compile (20-120 s of "
                         "compiling per model and size on 2 cores), ort (ONNX Runtime, CUDA if present), ort-cpu, ort-cuda, "
@@ -40,7 +43,7 @@ def run(args) -> int:
     from edgeseg.paths import cache_dir
 
     check_output(args.out, "--out", folder=True, inputs=[args.data] if args.data else [])  # before hours of rows
-    request = parse_request(args.arch, args.model, args.backend, args.precision, args.size, args.batch)
+    request = parse_request(args.arch, args.model, args.backend, args.precision, args.size, args.batch, args.opt)
     if args.min_time < 0 or args.min_runs < 1 or args.warmup < 0:
         raise EdgesegError("--min-time must be >= 0, --min-runs >= 1 and --warmup >= 0")
     if args.eval_limit is not None and args.eval_limit < 1:

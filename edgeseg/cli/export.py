@@ -75,6 +75,9 @@ def add_arguments(p) -> None:
                         "(default: its one [N,C,h,w] scores or [N,H,W] labels output)")
     p.add_argument("--input-layout", choices=("NCHW", "NHWC"), default=argparse.SUPPRESS,
                    help="the image input's layout of an ONNX file without edgeseg metadata (default: NCHW)")
+    p.add_argument("--opt", action="append", default=[], metavar="KEY=VALUE",
+                   help="an option of a checkpoint's architecture that keeps its trained weights, e.g. prune=2 for "
+                        "unetpp (its pruned sub-network); names the files <name>-prune2.* (default: none)")
     p.add_argument("--force", action="store_true", default=argparse.SUPPRESS,
                    help="export again even when the outputs are up to date")
     for f in fields(ExportOptions):
@@ -89,6 +92,7 @@ def add_arguments(p) -> None:
 def run(args) -> int:
     from edgeseg.export.pipeline import ExportOptions, PartialExport, export_model
     from edgeseg.export.validate import Gates
+    from edgeseg.models.registry import parse_options
     from edgeseg.outputs import check_output
 
     data = [args.data] if getattr(args, "data", None) else []
@@ -100,7 +104,7 @@ def run(args) -> int:
                            classes=getattr(args, "classes", None), mean=getattr(args, "mean", None),
                            std=getattr(args, "std", None), input_name=getattr(args, "input_name", None),
                            input_layout=getattr(args, "input_layout", None), output=getattr(args, "output_name", None),
-                           **options)
+                           model_options=parse_options(args.opt), **options)
     except PartialExport as e:  # what validated is published: list it, then the error line (a non-zero exit)
         _summary(e.report, args.out)
         raise

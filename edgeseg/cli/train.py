@@ -1,20 +1,7 @@
 """`edgeseg train`: train a zoo model on CamVid-format or image+mask folders."""
 from __future__ import annotations
 
-import json
-
 HELP = "train a zoo architecture (single process, or DDP under torchrun); resumable"
-
-
-def _options(items: list[str]) -> dict:
-    out = {}
-    for item in items:
-        key, _, value = item.partition("=")
-        try:
-            out[key] = json.loads(value)
-        except json.JSONDecodeError:
-            out[key] = value
-    return out
 
 
 def add_arguments(p) -> None:
@@ -49,9 +36,10 @@ def add_arguments(p) -> None:
 
 
 def run(args) -> int:
+    from edgeseg.models.registry import parse_options
     from edgeseg.train.loop import TrainConfig, train
 
-    cfg = TrainConfig(arch=args.arch, data=args.data, out=args.out, model_options=_options(args.opt), epochs=args.epochs,
+    cfg = TrainConfig(arch=args.arch, data=args.data, out=args.out, model_options=parse_options(args.opt), epochs=args.epochs,
                       batch_size=args.batch_size, crop=args.crop, optimizer=args.optimizer, lr=args.lr,
                       weight_decay=args.weight_decay, warmup_epochs=args.warmup_epochs, class_weights=args.class_weights,
                       ohem=args.ohem, amp=args.amp, workers=args.workers, seed=args.seed, val_split=args.val_split or None,

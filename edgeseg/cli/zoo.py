@@ -10,7 +10,7 @@ def add_arguments(p) -> None:
     p.add_argument("--receptive-field", metavar="ARCH", default=None,
                    help="print ARCH's theoretical receptive field and output stride per stage instead")
     p.add_argument("--opt", action="append", default=[], metavar="KEY=VALUE", help="model option for --receptive-field")
-    p.add_argument("--size", type=argparse_hw, default=(256, 256), metavar="HxW",
+    p.add_argument("--size", type=argparse_hw, default="256x256", metavar="HxW",
                    help="input size for --receptive-field (strides and global context do not depend on it)")
 
 
@@ -23,7 +23,7 @@ def run(args) -> int:
         return _receptive_field(args)
     print("architectures:")
     for arch in available():
-        cls = registry._REGISTRY[arch]
+        cls = registry.model_class(arch)
         opts = [f"{k}={v.default}" for k, v in inspect.signature(cls.__init__).parameters.items()
                 if v.default is not inspect.Parameter.empty]
         print(f"  {arch:<14} size_divisor={cls.size_divisor:<3} {' '.join(opts)}")
@@ -40,12 +40,12 @@ def run(args) -> int:
 
 
 def _receptive_field(args) -> int:
-    from edgeseg.cli.train import _options
     from edgeseg.models import create
     from edgeseg.models.receptive_field import format_report, receptive_fields
+    from edgeseg.models.registry import parse_options
     from edgeseg.sizes import fit
 
-    model = create(args.receptive_field, 11, **_options(args.opt))
+    model = create(args.receptive_field, 11, **parse_options(args.opt))
     size = fit(args.size, model.size_divisor)
     print(format_report(args.receptive_field, receptive_fields(model, size), size))
     return 0

@@ -17,13 +17,16 @@ class SegModel(nn.Module):
 
     Subclasses set `encoder` (image -> list of features, fine to coarse), `decoder` (features -> map),
     `head` (map -> class scores) and optionally `aux_head` on `encoder` output `aux_index`.
-    Capability flags: `size_divisor` (H and W must be multiples of it), `min_size`, `exportable`.
+    Capability flags: `size_divisor` (H and W must be multiples of it), `min_size`, `exportable`;
+    `inference_options`: options that change only the deployed network, not its trained weights (UNet++'s
+    `prune`), so that `edgeseg export` and `bench` may set them on a trained checkpoint.
     """
 
     arch = "segmodel"
     size_divisor = 1
     min_size = 32
     exportable = True
+    inference_options: tuple[str, ...] = ()
     aux_index = -2
     aux_weight = 0.4
 

@@ -12,7 +12,7 @@ from edgeseg.data.classes import ClassInfo
 from edgeseg.errors import EdgesegError
 from edgeseg.fileio import atomic_path
 from edgeseg.meta import IMAGENET_MEAN, IMAGENET_STD
-from edgeseg.models.registry import create
+from edgeseg.models.registry import create, model_class
 
 FORMAT = "edgeseg-checkpoint-1"
 ZOO_DIR = Path(__file__).resolve().parent.parent / "zoo"
@@ -128,6 +128,33 @@ def build_model(rec: dict, source: str = "checkpoint"):
         raise EdgesegError(f"{source}: weights do not fit {rec['arch']} with {rec['num_classes']} classes "
                            f"({str(e).splitlines()[1].strip() if len(str(e).splitlines()) > 1 else e})") from None
     return model.eval()
+
+
+def with_options(rec: dict, options: dict, source: str = "checkpoint") -> dict:
+    """The record of a trained model under options that change only the deployed network (the architecture's
+    `inference_options`, e.g. UNet++'s prune=L): its weights are the tensors of the trained ones that network has."""
+    if not options:
+        return rec
+    check_record(rec, source)
+    allowed = model_class(rec["arch"]).inference_options
+    bad = [k for k in options if k not in allowed]
+    if bad:
+        can = f"only {', '.join(allowed)} can" if allowed else "no option can"
+        raise EdgesegError(f"--opt {bad[0]}={options[bad[0]]}: for a trained {rec['arch']} {can} change without "
+                           f"retraining; train with `edgeseg train --opt` for other options")
+    hparams = {**rec["hparams"], **options}
+    keys = set(create(rec["arch"], rec["num_classes"], **hparams).state_dict())
+    scales = rec.get("int8_scales", {})
+    derived = {**rec, "hparams": hparams, "state_dict": {k: v for k, v in rec["state_dict"].items() if k in keys},
+               "int8_scales": {k: v for k, v in scales.items() if k in keys}}
+    model = build_model(derived, source)  # strict: every tensor of the derived network comes from the trained one
+    derived.pop("int8_scales")
+    return {**derived, "state_dict": {k: v.clone() for k, v in model.state_dict().items()}}
+
+
+def options_suffix(options: dict) -> str:
+    """What a derived network adds to its name: `-prune2` for prune=2."""
+    return "".join(f"-{k}{v}" for k, v in options.items())
 
 
 def load_model(name_or_path: str):

@@ -1,6 +1,7 @@
 """The model zoo registry: architecture name -> builder."""
 from __future__ import annotations
 
+import json
 from typing import Callable
 
 from edgeseg.errors import EdgesegError
@@ -21,14 +22,31 @@ def available() -> list[str]:
     return sorted(_REGISTRY)
 
 
-def create(arch: str, num_classes: int, **kwargs):
+def model_class(arch: str):
     _load_all()
     if arch not in _REGISTRY:
         raise EdgesegError(f"unknown architecture {arch!r}; choose one of: {', '.join(sorted(_REGISTRY))}")
+    return _REGISTRY[arch]
+
+
+def create(arch: str, num_classes: int, **kwargs):
+    cls = model_class(arch)
     try:
-        return _REGISTRY[arch](num_classes=num_classes, **kwargs)
+        return cls(num_classes=num_classes, **kwargs)
     except TypeError as e:
         raise EdgesegError(f"{arch}: bad model option ({e})") from None
+
+
+def parse_options(items: list[str]) -> dict:
+    """`--opt KEY=VALUE` items as {key: value}; a value that reads as JSON (numbers, lists, true) is that value."""
+    out = {}
+    for item in items:
+        key, _, value = item.partition("=")
+        try:
+            out[key] = json.loads(value)
+        except json.JSONDecodeError:
+            out[key] = value
+    return out
 
 
 def _load_all() -> None:

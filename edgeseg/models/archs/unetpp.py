@@ -67,6 +67,7 @@ class NestedSkips(nn.Module):
 @register("unetpp")
 class UNetPlusPlus(SegModel):
     aux_weight = 1.0
+    inference_options = ("prune",)  # a pruned model is the trained full model's head L
 
     def __init__(self, num_classes: int, width: int = 32, prune: int = 4, deep_supervision: bool = True):
         """`prune`: 1..4, the depth of the sub-network built and run; `deep_supervision`: train heads 1..L-1 too."""
