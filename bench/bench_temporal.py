@@ -29,6 +29,7 @@ import numpy as np
 import onnxruntime as ort
 
 from edgeseg.benchmark.machine import cpu_line
+from edgeseg.errors import EdgesegError
 from edgeseg.export_cache import CLIP, export_cached
 from edgeseg.runtime.backends import open_backend
 from edgeseg.runtime.motion import DisFlow, FlowWarp, sample_maps
@@ -234,4 +235,7 @@ def main() -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    try:
+        sys.exit(main())
+    except EdgesegError as e:  # bad input: one line
+        sys.exit(f"bench_temporal.py: {e}")

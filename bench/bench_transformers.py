@@ -26,12 +26,14 @@ import torch
 
 from edgeseg.benchmark.flops import count_flops, count_params
 from edgeseg.data import CAMVID, read_image
+from edgeseg.errors import EdgesegError
 from edgeseg.export import export_model
 from edgeseg.export.graph import constant_names, get_meta, load
 from edgeseg.export.int8 import CalibrationImages, QuantConfig, quantize
 from edgeseg.export.validate import Gates, image_files, model_input, pick
 from edgeseg.fileio import write_text
 from edgeseg.models import create
+from edgeseg.paths import data_root
 
 SIZE = (360, 480)
 ARCHS = ("setr", "segmenter", "maskformer", "mask2former")
@@ -80,15 +82,18 @@ def timed(fns: list, x: np.ndarray, warmup: int, runs: int, block: int = 4) -> l
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--arch", default=",".join(ARCHS))
-    p.add_argument("--data", default="/work/shared/data/camvid")
-    p.add_argument("--work", default="/tmp/edgeseg-bench-transformers")
-    p.add_argument("--threads", type=int, default=2)
-    p.add_argument("--runs", type=int, default=10)
-    p.add_argument("--warmup", type=int, default=2)
-    p.add_argument("--calib-images", type=int, default=8)
+    p.add_argument("--arch", default=",".join(ARCHS), help=f"comma list of architectures (default: {','.join(ARCHS)})")
+    p.add_argument("--data", default=None, help="CamVid-format folder: calibration and timing images "
+                                                "(default: $EDGESEG_DATA)")
+    p.add_argument("--work", default="/tmp/edgeseg-bench-transformers",
+                   help="folder for the exports (default: /tmp/edgeseg-bench-transformers)")
+    p.add_argument("--threads", type=int, default=2, help="ONNX Runtime intra-op threads (default: 2)")
+    p.add_argument("--runs", type=int, default=10, help="timed runs per form (default: 10)")
+    p.add_argument("--warmup", type=int, default=2, help="untimed runs first (default: 2)")
+    p.add_argument("--calib-images", type=int, default=8, help="int8 calibration images (default: 8)")
     p.add_argument("--out", help="also write the Markdown table here")
     args = p.parse_args()
+    args.data = str(data_root(args.data))
     work = Path(args.work)
     frame = read_image(image_files(args.data, "val")[0])
     calib = pick(image_files(args.data, "train"), args.calib_images)
@@ -124,4 +129,7 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    try:
+        main()
+    except EdgesegError as e:  # bad input: one line
+        raise SystemExit(f"bench_transformers.py: {e}") from None

@@ -343,4 +343,7 @@ def read_video_frames(path: str | os.PathLike) -> list[np.ndarray]:
             break
         frames.append(f)
     cap.release()
+    if not frames:
+        raise EdgesegError(f"{path}: no frame could be read (a missing file, or a format OpenCV cannot decode); "
+                           f"pass a video file")
     return frames
