@@ -25,12 +25,13 @@ from pathlib import Path
 
 from edgeseg.models import available
 
-# cheapest first: GFLOP at 360x480 of the trained configuration (bench/results/zoo_all_cpu, mobilenetv2 where used)
-ORDER = ("espnet_c", "espnet", "deeplabv3plus", "fcn8s", "alignseg", "pspnet", "segformer", "maskformer",
-         "mask2former", "segmenter", "deeplabv3", "setr", "u2netp", "unet", "deeplabv2", "segnet_basic",
+# cheapest first, by the GFLOP at 360x480 of the trained configuration (MobileNetV2 encoders where used)
+ORDER = ("espnet_c", "espnet", "deeplabv3plus", "fcn8s", "alignseg", "pspnet", "deeplabv3", "segformer",
+         "maskformer", "mask2former", "deeplabv2", "segmenter", "setr", "u2netp", "unet", "segnet_basic",
          "deeplabv1", "unetpp", "u2net", "segnet")
 # the architectures whose encoder can be torchvision's ImageNet MobileNetV2
-IMAGENET_MOBILENET = ("deeplabv3plus", "fcn8s", "alignseg", "pspnet", "maskformer", "mask2former")
+IMAGENET_MOBILENET = ("deeplabv3plus", "fcn8s", "alignseg", "pspnet", "deeplabv3", "deeplabv2", "maskformer",
+                      "mask2former")
 SHIPPED = ("sfnet",)  # trained as the shipped `demo` model (edgeseg/zoo/demo.md)
 
 

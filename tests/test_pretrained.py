@@ -111,9 +111,11 @@ def test_backbones_without_imagenet_weights_say_which_have_them():
         load_pretrained(create("unet", 11), "imagenet")
 
 
-def test_real_mobilenetv2_file_loads_every_tensor(no_weights):
+@pytest.mark.parametrize("arch", ["deeplabv3plus", "deeplabv3", "deeplabv2", "fcn8s", "pspnet", "alignseg",
+                                  "maskformer", "mask2former"])
+def test_real_mobilenetv2_file_loads_every_tensor(no_weights, arch):
     wheel_file("mobilenetv2")
-    model = create("deeplabv3plus", 11)
+    model = create(arch, 11, backbone="mobilenetv2")
     report = load_pretrained(model, "imagenet")
     assert (len(report.loaded), report.total) == (306, 306)
     assert not report.missing and not report.unexpected and not report.mismatched
@@ -185,7 +187,9 @@ def test_imagenet_statistics_match_real_images(no_weights, camvid, backbone):
 
 
 @pytest.mark.parametrize("arch,options", [("sfnet", {}), ("deeplabv3plus", {"output_stride": 16}),
-                                          ("deeplabv3plus", {"output_stride": 8}), ("fcn8s", {})])
+                                          ("deeplabv3plus", {"output_stride": 8}), ("fcn8s", {}),
+                                          ("deeplabv3", {"output_stride": 8}), ("deeplabv2", {}), ("alignseg", {}),
+                                          ("maskformer", {}), ("mask2former", {})])
 def test_zoo_models_take_efficientnet_lite0(arch, options):
     model = create(arch, 11, backbone="efficientnet_lite0", **options).train()
     x = torch.randn(2, 3, 64, 96)

@@ -11,9 +11,10 @@
   (1x1, three 3x3 atrous convs at 6/12/18 x 16 / output stride, image pooling), 1x1 to classes.
 
 Changes: the encoders are VGG-16-BN / ResNet-18 (or 50) trained from scratch, so fc6/fc7 and ASPP-L carry batch
-norm; the dense CRF post-processing of v1/v2 is left out (it is not part of the network); v2's branch width
+norm; v2 and v3 also take MobileNetV2 and EfficientNet-Lite0 (ImageNet weights available offline), dilated the
+same way. The dense CRF post-processing of v1/v2 is left out (it is not part of the network); v2's branch width
 defaults to 256 (`dim=1024` is the paper's) to keep the default within this CPU. Multi-grid rates apply per
-residual block of the last stage, cycling when it has fewer or more blocks than rates (ResNet-18: 1, 2).
+residual block of a ResNet's last stage, cycling when it has fewer or more blocks than rates (ResNet-18: 1, 2).
 `context=glore|gcu` adds a graph-reasoning unit after v3's ASPP (`edgeseg.models.context`).
 """
 from __future__ import annotations
@@ -41,9 +42,12 @@ class Last(nn.Module):
         return self.module(feats[-1])
 
 
-def _resnet(backbone: str, output_stride: int):
-    if not backbone.startswith("resnet"):
-        raise EdgesegError(f"backbone {backbone!r}: DeepLab v2/v3 take resnet18 or resnet50")
+def _dilated(backbone: str, output_stride: int):
+    """An encoder at output stride 8 or 16: a ResNet (the papers'), or MobileNetV2 / EfficientNet-Lite0, which
+    dilate their last stages the same way and have ImageNet weights here."""
+    if not backbone.startswith("resnet") and backbone not in ("mobilenetv2", "efficientnet_lite0"):
+        raise EdgesegError(f"backbone {backbone!r}: DeepLab v2/v3 take resnet18, resnet50, mobilenetv2 or "
+                           f"efficientnet_lite0")
     if output_stride not in (8, 16):
         raise EdgesegError(f"output_stride={output_stride!r}: choose 8 or 16")
     return create_backbone(backbone, output_stride=output_stride)
@@ -74,9 +78,10 @@ class DeepLabV1(SegModel):
 @register("deeplabv2")
 class DeepLabV2(SegModel):
     def __init__(self, num_classes: int, backbone: str = "resnet18", dim: int = 256, rates=(6, 12, 18, 24)):
-        """`backbone`: resnet18 or resnet50 (output stride 8); `dim`: ASPP-L branch width (paper: 1024)."""
+        """`backbone`: resnet18 or resnet50 (or mobilenetv2, efficientnet_lite0), output stride 8; `dim`: ASPP-L
+        branch width (paper: 1024)."""
         super().__init__(num_classes, backbone=backbone, dim=dim, rates=list(rates))
-        self.encoder = _resnet(backbone, 8)
+        self.encoder = _dilated(backbone, 8)
         self.decoder = Last(ASPPSum(self.encoder.channels[-1], num_classes, tuple(rates), dim))
         self.head = nn.Identity()  # the branches end in class scores
 
@@ -95,11 +100,12 @@ class DeepLabV3Decoder(nn.Module):
 class DeepLabV3(SegModel):
     def __init__(self, num_classes: int, backbone: str = "resnet18", output_stride: int = 16, dim: int = 256,
                  multi_grid=(1, 2, 4), context: str | None = None):
-        """`output_stride`: 16 or 8; `multi_grid`: unit rates of the last stage; `context`: glore or gcu."""
+        """`output_stride`: 16 or 8; `multi_grid`: unit rates of a ResNet's last stage; `context`: glore or gcu."""
         super().__init__(num_classes, backbone=backbone, output_stride=output_stride, dim=dim,
                          multi_grid=list(multi_grid), context=context)
-        self.encoder = _resnet(backbone, output_stride)
-        apply_multi_grid(self.encoder.layer4, 32 // output_stride, tuple(multi_grid))
+        self.encoder = _dilated(backbone, output_stride)
+        if backbone.startswith("resnet"):  # the paper's multi-grid is a ResNet's; the others keep their dilations
+            apply_multi_grid(self.encoder.layer4, 32 // output_stride, tuple(multi_grid))
         rates = tuple(r * 16 // output_stride for r in (6, 12, 18))
         self.decoder = DeepLabV3Decoder(self.encoder.channels[-1], dim, rates, context)
         self.head = nn.Conv2d(dim, num_classes, 1)
