@@ -180,20 +180,28 @@ def test_pipeline_warps_a_translated_clip(camvid, tmp_path):
     for i, f in enumerate(translated_frames(camvid, 9)):  # lossless: the translation stays exact
         cv2.imwrite(str(tmp_path / "frames" / f"{i:02d}.png"), f)
     runs = {}
-    for mode in ("off", "fixed:3"):
-        labels = tmp_path / mode.replace(":", "")
-        summary, _ = run_stream(str(model), str(tmp_path / "frames"), ["null"], backend="ort-cpu",
-                                pipeline_kw={"labels_dir": labels, "size": HW, "status": False, "temporal": mode})
-        runs[mode] = (summary, [cv2.imread(str(p), cv2.IMREAD_UNCHANGED) for p in sorted(labels.iterdir())])
-    (off, ref), (tmp, warped) = runs["off"], runs["fixed:3"]
-    assert off["frames"] == tmp["frames"] == len(ref) == len(warped) == 9 and "temporal" not in off
-    t = tmp["temporal"]
-    assert (t["key_frames"], t["warped_frames"], t["key_reasons"]) == (3, 6, {"first": 1, "schedule": 2})
-    json.dumps(tmp)  # the summary stays JSON
+    # labels are warped by default; with confidence maps written, the logits are (their confidence needs them)
+    for name, mode, conf in (("off", "off", False), ("labels", "fixed:3", False), ("logits", "fixed:3", True)):
+        labels = tmp_path / name
+        kw = {"labels_dir": labels, "size": HW, "status": False, "temporal": mode}
+        if conf:
+            kw["confidence_dir"] = tmp_path / f"{name}-conf"
+        summary, _ = run_stream(str(model), str(tmp_path / "frames"), ["null"], backend="ort-cpu", pipeline_kw=kw)
+        runs[name] = (summary, [cv2.imread(str(p), cv2.IMREAD_UNCHANGED) for p in sorted(labels.iterdir())])
+    off, ref = runs["off"]
+    assert off["frames"] == len(ref) == 9 and "temporal" not in off
     m = 12 + SHIFT * 3  # border: the conv's reach plus the largest displacement from a key frame
-    for i in range(9):
-        agree = (warped[i][m:-m, m:-m] == ref[i][m:-m, m:-m]).mean()
-        assert agree >= (1.0 if i % 3 == 0 else 0.97), (i, agree)
+    for target in ("labels", "logits"):
+        tmp, warped = runs[target]
+        assert tmp["frames"] == len(warped) == 9
+        t = tmp["temporal"]
+        assert (t["key_frames"], t["warped_frames"], t["key_reasons"]) == (3, 6, {"first": 1, "schedule": 2})
+        assert t["warped"] == target and t["warp_ms"]["p50"] is not None
+        json.dumps(tmp)  # the summary stays JSON
+        for i in range(9):
+            agree = (warped[i][m:-m, m:-m] == ref[i][m:-m, m:-m]).mean()
+            assert agree >= (1.0 if i % 3 == 0 else 0.97), (target, i, agree)
+    assert len(list((tmp_path / "logits-conf").iterdir())) == 9
 
 
 def test_live_source_runs_temporal_mode_and_keeps_the_live_policy(camvid, tmp_path):

@@ -203,7 +203,9 @@ class Pipeline:
             raise EdgesegError(f"{self.backend.path.name}: output {list(out_shape)} is not labels [N,H,W] as its metadata says")
         self.post = Postprocessor(head, n, out_shape[-2:], scores_hw=self.model_hw)
         if self.temporal_spec:
-            self.temporal = Temporal(self.temporal_spec, self.model_hw, live=self.live)
+            # confidence maps need the logits of every frame: then the logits are warped, else the labels
+            self.temporal = Temporal(self.temporal_spec, self.model_hw, live=self.live,
+                                     target="logits" if self.conf_sink is not None else "labels")
         caps = [q.capacity for q in (self.q_cap, self.q_pre, self.q_inf, self.q_post)]
         self.frames = Pool(sum(caps) + 6, lambda: None, self.stop)  # None: the decoder allocates, then it is reused
         self.inputs = Pool(self.q_pre.capacity + 2, self.pre.new_input, self.stop)
@@ -288,6 +290,8 @@ class Pipeline:
             t = time.perf_counter()
             if self.temporal is not None:  # the network on key frames, a warp of its output on the others
                 slot.y = self.temporal.run(slot, y, self.backend)
+                if slot.y is None:  # the labels are warped in the postprocess stage
+                    self.outputs.release(y)
             else:
                 slot.y = self.backend.infer(slot.x, out=y)
                 slot.times["infer"] = (time.perf_counter() - t) * 1e3
@@ -303,7 +307,7 @@ class Pipeline:
                 return
             t = time.perf_counter()
             hw = slot.frame.shape[:2]
-            labels = self.post.labels(slot.y)
+            labels = self.temporal.labels(slot, slot.y, self.post) if self.temporal else self.post.labels(slot.y)
             buf = self.label_bufs.acquire()
             if buf is STOP:
                 return
@@ -313,7 +317,8 @@ class Pipeline:
                 if buf is STOP:
                     return
                 slot.conf = upsample(self.post.confidence(slot.y), hw, out=buf, nearest=False)
-            self.outputs.release(slot.y)
+            if slot.y is not None:
+                self.outputs.release(slot.y)
             slot.y = None
             slot.times["postprocess"] = (time.perf_counter() - t) * 1e3
             if not self.q_post.put(slot):

@@ -1,11 +1,17 @@
-"""Temporal mode: the network on key frames only; between them the last key frame's logits are warped onto the
+"""Temporal mode: the network on key frames only; between them the last key frame's output is warped onto the
 current frame along a cheap optical flow (runtime/motion.py).
 
-Two halves, called by two pipeline stages in frame order:
+What is warped (`target`): the key frame's class IDs (nearest neighbour, cv2.remap; the default), or its logits
+(bilinear, the FlowWarp op) where logits are needed after the warp (confidence maps). Both agree with the every-
+frame labels alike on real video (bench/bench_temporal.py), and a label map costs a seventh of the logits' warp.
+
+Three parts, called by the pipeline stages in frame order:
 - `plan(slot)` (preprocess stage) makes the frame's small grey image, decides whether it is a key frame, and for a
   warped frame computes the flow from the key frame to it; warped frames need no model input.
-- `run(slot, out, backend)` (infer stage) runs the network on a key frame and keeps its logits, or warps the kept
-  logits with the frame's flow into `out`; the postprocess stage then treats both alike.
+- `run(slot, out, backend)` (infer stage) runs the network on a key frame; for a warped frame it warps the kept
+  logits with the frame's flow into `out` (target logits) or returns None (target labels).
+- `labels(slot, y, post)` (postprocess stage): the frame's class IDs at model resolution: of its own logits (a key
+  frame's are kept for the frames after it), or the key frame's warped along the frame's flow.
 
 Key frames: `fixed:K` every K-th source frame; `auto` when a cheap signal says the warp is no longer good enough
 (the image warped by the same flow leaves a residual above `residual`, or more than `border` of the frame samples
@@ -23,7 +29,7 @@ import cv2
 import numpy as np
 
 from edgeseg.errors import EdgesegError
-from edgeseg.runtime.motion import DisFlow, FlowWarp, MotionEstimator
+from edgeseg.runtime.motion import DisFlow, FlowWarp, MotionEstimator, sample_maps
 from edgeseg.runtime.stats import Series
 
 TEMPORAL_HELP = ("off: the network on every frame; fixed:K: on every K-th frame, warping its output to the frames "
@@ -85,12 +91,15 @@ class Temporal:
 
     def __init__(self, spec: TemporalSpec, model_hw: tuple[int, int], motion: MotionEstimator | None = None,
                  warp: FlowWarp | None = None, flow_scale: float = 0.5, threads: int | None = None,
-                 live: bool = False):
+                 live: bool = False, target: str = "labels"):
         # A file's frames are captured when the pipeline has room for them: only a live source's capture times
         # tell a stall.
-        self.spec, self.model_hw, self.live = spec, tuple(model_hw), live
+        if target not in ("labels", "logits"):
+            raise EdgesegError(f"temporal warp target {target!r}: choose labels or logits")
+        self.spec, self.model_hw, self.live, self.target = spec, tuple(model_hw), live, target
         self.motion = motion or DisFlow()
-        self.warper = warp or FlowWarp("auto", threads=threads)
+        self.warper = (warp or FlowWarp("auto", threads=threads)) if target == "logits" else None
+        self._key_labels = None  # postprocess stage (target labels): the last key frame's class IDs
         h, w = self.model_hw
         self.flow_hw = (max(8, round(h * flow_scale)), max(8, round(w * flow_scale)))
         self._key = None  # plan stage: (grey, histogram, frame shape, source index, capture time) of the last key
@@ -168,22 +177,45 @@ class Temporal:
         return residual, 1.0 - n / inside.size, motion
 
     # ---- infer stage ----
-    def run(self, slot, out: np.ndarray, backend) -> np.ndarray:
-        """The network's output for slot into `out`: run on a key frame (its output kept), warped otherwise."""
+    def run(self, slot, out: np.ndarray, backend) -> np.ndarray | None:
+        """The network's output for slot into `out` on a key frame; on a warped frame the key frame's logits warped
+        into `out` (target logits), or None: the postprocess stage warps the labels (`labels`)."""
         p = slot.plan
         if p.key:
             t = time.perf_counter()
             y = backend.infer(slot.x, out=out)
             slot.times["infer"] = (time.perf_counter() - t) * 1e3
-            if self._key_y is None or self._key_y.shape != y.shape or self._key_y.dtype != y.dtype:
-                self._key_y = np.empty_like(y)
-            np.copyto(self._key_y, y)
+            if self.target == "logits":
+                if self._key_y is None or self._key_y.shape != y.shape or self._key_y.dtype != y.dtype:
+                    self._key_y = np.empty_like(y)
+                np.copyto(self._key_y, y)
             return y
+        if self.target == "labels":
+            return None
         t = time.perf_counter()
         y = self.warper.warp(self._key_y, self._model_flow(p.flow, out.shape[-2:]), out=out)
         self.series["warp_ms"].add((time.perf_counter() - t) * 1e3)
         p.flow = None
         return y
+
+    def labels(self, slot, y: np.ndarray | None, post) -> np.ndarray:
+        """slot's class IDs at the output's resolution: `post.labels(y)` of its own (or warped) logits, or the last
+        key frame's labels warped along its flow (nearest; a pixel sampling outside takes the nearest edge's)."""
+        p = slot.plan
+        if y is not None:
+            labels = post.labels(y)
+            if p.key and self.target == "labels":
+                if self._key_labels is None or self._key_labels.shape != labels.shape:
+                    self._key_labels = np.empty_like(labels)
+                np.copyto(self._key_labels, labels)
+            return labels
+        t = time.perf_counter()
+        hw = self._key_labels.shape
+        mx, my = sample_maps(self._model_flow(p.flow, hw), hw)
+        out = cv2.remap(self._key_labels, mx, my, cv2.INTER_NEAREST, borderMode=cv2.BORDER_REPLICATE)
+        self.series["warp_ms"].add((time.perf_counter() - t) * 1e3)
+        p.flow = None
+        return out
 
     def _model_flow(self, flow: np.ndarray, hw: tuple[int, int]) -> np.ndarray:
         """The flow-image flow resampled to the output grid, in its pixels."""
@@ -201,5 +233,6 @@ class Temporal:
         keys = sum(self.counts.values())
         return {"mode": self.spec.text, "key_frames": keys, "warped_frames": self.warped,
                 "key_reasons": {k: v for k, v in self.counts.items() if v}, "motion": self.motion.name,
-                "warp": self.warper.backend, "flow_size": list(self.flow_hw),
+                "warped": self.target, "warp": self.warper.backend if self.warper else "opencv",
+                "flow_size": list(self.flow_hw),
                 **{name: s.summary() for name, s in self.series.items()}}
