@@ -27,7 +27,7 @@ import numpy as np
 import onnx
 
 from edgeseg.errors import EdgesegError
-from edgeseg.export.graph import shape_derived
+from edgeseg.export.graph import constant_names, shape_derived
 from edgeseg.export.validate import OrtPredictor, model_input
 from edgeseg.progress import progress_bar
 from edgeseg.sizes import fit
@@ -36,6 +36,8 @@ CALIB_METHODS = ("minmax", "entropy", "percentile")
 TARGETS = ("tensorrt", "cpu")
 TARGET_CHOICES = ("auto", *TARGETS)
 QUANTIZED_OPS = ("Conv", "MatMul", "Gemm")
+# faster in float on ONNX Runtime CPU: QLinearSoftmax took 34 ms of SegFormer-B0's 191 (float Softmax: 6)
+FLOAT_OPS = ("Softmax",)
 
 
 @dataclass
@@ -44,6 +46,7 @@ class QuantConfig:
     percentile: float = 99.99
     target: str = "tensorrt"
     per_channel: bool = True
+    attention: bool = False  # quantize products of two activations too (see float_matmuls)
 
     def __post_init__(self):
         if self.method not in CALIB_METHODS:
@@ -104,10 +107,18 @@ class CalibrationImages:
         self.set_range(0, len(self.images))
 
 
-def float_matmuls(model: onnx.ModelProto) -> list[str]:
-    """MatMul / Gemm nodes with a shape-derived operand (adaptive pooling matrices): kept in float."""
-    derived = shape_derived(model.graph)
-    return [n.name for n in model.graph.node if n.op_type in ("MatMul", "Gemm") and any(i in derived for i in n.input)]
+def float_matmuls(model: onnx.ModelProto, attention: bool = False) -> list[str]:
+    """MatMul / Gemm nodes kept in float: those with an operand computed from shapes (adaptive pooling matrices), and
+    unless `attention`, products of two activations (attention's q.k^T and softmax.v, mask embeddings . pixels).
+
+    A weight (a constant) is what int8 quantizes per channel. Attention products are not worth it on ONNX Runtime
+    CPU: with them quantized, the Softmax between runs as QLinearSoftmax, 34 of SegFormer-B0's 191 ms (float: 6),
+    and SegFormer's int8 was 1.5x its fp32 against 1.9x with them float (bench/results/transformers_cpu.md).
+    """
+    const = constant_names(model.graph)
+    derived = shape_derived(model.graph) - const
+    return [n.name for n in model.graph.node if n.op_type in ("MatMul", "Gemm")
+            and (any(i in derived for i in n.input) or (not attention and not any(i in const for i in n.input)))]
 
 
 def size_dependent_nodes(model: onnx.ModelProto) -> list[str]:
@@ -166,8 +177,8 @@ def quantize(fp32: Path, out: Path, images: CalibrationImages, cfg: QuantConfig,
             quantize_static(str(fp32), str(out), images, quant_format=QuantFormat.QDQ, per_channel=cfg.per_channel,
                             activation_type=QuantType.QInt8 if trt else QuantType.QUInt8, weight_type=QuantType.QInt8,
                             op_types_to_quantize=list(QUANTIZED_OPS) if trt else None, nodes_to_quantize=list(only or []),
-                            nodes_to_exclude=list(exclude) + float_matmuls(model) + size_dependent_nodes(model)
-                            + output_nodes(model),
+                            nodes_to_exclude=list(exclude) + float_matmuls(model, cfg.attention) + size_dependent_nodes(model)
+                            + output_nodes(model) + [n.name for n in model.graph.node if n.op_type in FLOAT_OPS],
                             calibrate_method=method,
                             extra_options=options, calibration_cache_path=str(cache) if cache else None)
     except EdgesegError:

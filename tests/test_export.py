@@ -20,10 +20,11 @@ from edgeseg.errors import EdgesegError
 from edgeseg.export import export_model
 from edgeseg.export.flowwarp import FlowWarpMatchError, count_flowwarp, fuse_flowwarp
 from edgeseg.export.fp16 import FP32_OPS, float_types, fp32_nodes
-from edgeseg.export.graph import get_meta, load, op_counts
+from edgeseg.export.graph import constant_names, get_meta, load, op_counts, shape_derived
 from edgeseg.export.int8 import (
     CalibrationImages,
     QuantConfig,
+    float_matmuls,
     guarded_quantize,
     qdq_summary,
     quantizable_nodes,
@@ -36,7 +37,7 @@ from edgeseg.fileio import sha256_file
 from edgeseg.kernels import find_library, register_ort_ops
 from edgeseg.meta import META_KEY, parse_meta
 from edgeseg.models import available, checkpoint, create
-from edgeseg.models.layers import flow_warp
+from edgeseg.models.layers import adaptive_avg_pool2d, flow_warp
 from tests.conftest import shrink_camvid
 
 SIZES = ((64, 96), (96, 128), (80, 160))  # H and W not multiples of 32: SFNet's resizes and warps at odd ratios
@@ -217,6 +218,39 @@ def test_int8_qdq_placement_suits_tensorrt(exported):
     c = rep["int8"]["calibration"]
     assert c["images"] == 4 and c["method"] == "percentile" and c["target"] == "tensorrt"
     assert rep["metrics"]["int8"]["images"] == 4 and "miou" in rep["int8"]["guard"]["steps"][0]
+
+
+class _TokensAndPooling(nn.Module):
+    """A Linear over flattened tokens (a weight operand) beside a pyramid pooling (a shape-derived operand)."""
+    num_classes = 4
+
+    def __init__(self):
+        super().__init__()
+        self.conv, self.fc = nn.Conv2d(3, 8, 3, padding=1), nn.Linear(8, 8)
+
+    def forward(self, x):
+        f = self.conv(x)
+        n, c, h, w = f.shape
+        tokens = self.fc(f.flatten(2).transpose(1, 2))
+        attn = torch.softmax(tokens @ tokens.transpose(1, 2), -1) @ tokens  # two products of activations
+        tokens = (tokens + attn).transpose(1, 2).reshape(n, c, h, w)
+        pooled = F.interpolate(adaptive_avg_pool2d(f, 3), size=(h, w), mode="bilinear", align_corners=False)
+        return (tokens + pooled)[:, :4]
+
+
+def test_int8_quantizes_weighted_matmuls_and_keeps_pooling_and_attention_float():
+    """A Linear's weight is quantized (all of a transformer's MatMuls were once kept float, so its int8 was no faster
+    than fp32); products with an operand computed from shapes stay float, and attention's products unless asked."""
+    model = export_onnx(Deployable(_TokensAndPooling().eval()), example_input(32, 48, False))
+    const = constant_names(model.graph)
+    matmuls = {n.name: list(n.input) for n in model.graph.node if n.op_type in ("MatMul", "Gemm")}
+    weights = {n for n, ins in matmuls.items() if any(i in const for i in ins)}
+    derived = shape_derived(model.graph) - const
+    pooling = {n for n, ins in matmuls.items() if any(i in derived for i in ins)}
+    attention = set(matmuls) - weights - pooling
+    assert len(weights) == 1 and len(pooling) == 2 and len(attention) == 2
+    assert set(float_matmuls(model)) == pooling | attention
+    assert set(float_matmuls(model, attention=True)) == pooling
 
 
 def test_int8_cpu_form_keeps_size_dependent_arithmetic_float(camvid, tmp_path, ort_ops):
