@@ -7,7 +7,7 @@ activations, q.k^T, softmax.v, mask embeddings . pixels, class probabilities . m
 graph with those quantized too (`QuantConfig.attention`), to measure whether they pay. All forms are timed at 360x480 on one CamVid val frame in turns
 (--threads intra-op threads, median of >= --runs after --warmup), with argmax agreement against fp32 there.
 
-    python bench/bench_transformers.py [--arch setr,segmenter,maskformer,mask2former] [--threads 2] [--out FILE]
+    python bench/bench_transformers.py [--arch segformer,setr,segmenter,maskformer,mask2former] [--threads 2] [--out FILE]
 """
 from __future__ import annotations
 
@@ -36,7 +36,7 @@ from edgeseg.models import create
 from edgeseg.paths import data_root
 
 SIZE = (360, 480)
-ARCHS = ("setr", "segmenter", "maskformer", "mask2former")
+ARCHS = ("segformer", "setr", "segmenter", "maskformer", "mask2former")
 
 
 def fixed_size_gflop(model: torch.nn.Module) -> float:
