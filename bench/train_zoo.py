@@ -7,10 +7,11 @@ converged: the rows compare INT8 with fp32 on trained weights and latency, not t
 
     python bench/train_zoo.py --data CAMVID --runs runs/zoo [--arch a,b] [--epochs 5] [--crop 192x256]
 
-Architectures run cheapest first, one `edgeseg train` process each (its run folder: runs/zoo/<arch>); a finished
-run is skipped and an interrupted one resumed, so the command can be repeated until all are done. Then
+Architectures run cheapest first, one `edgeseg train` process each (its run folder: runs/zoo/<arch>, and
+runs/zoo/<arch>.pt a link to its best.pt); a finished run is skipped and an interrupted one resumed, so the
+command can be repeated until all are done. Then
 
-    edgeseg bench --model runs/zoo/*/best.pt,... --backend ort-cpu --precision fp32,int8 --data CAMVID --out DIR
+    edgeseg bench --model runs/zoo/<arch>.pt,... --backend ort-cpu --precision fp32,int8 --data CAMVID --out DIR
 
 measures val mIoU fp32 / int8 and latency (the command is printed at the end, with the finished runs).
 """
@@ -86,7 +87,13 @@ def main(argv=None) -> int:
         print(f"{arch}: exit {rc} after {(time.perf_counter() - t0) / 60:.1f} min", flush=True)
         if rc != 0:
             return rc
-    finished = [str(runs / a / "best.pt") for a in archs if (runs / a / "best.pt").is_file()]
+    finished = []
+    for a in archs:  # bench names a row by its file's stem: <arch>.pt, a link to the run's best.pt
+        link = runs / f"{a}.pt"
+        if (runs / a / "best.pt").is_file():
+            if not link.is_symlink():
+                link.symlink_to(Path(a) / "best.pt")
+            finished.append(str(link))
     if finished:
         print("then: edgeseg bench --model " + ",".join(finished) +
               f" --backend ort-cpu --precision fp32,int8 --data {args.data} --out bench/results/zoo_trained_cpu")
