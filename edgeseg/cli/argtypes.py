@@ -68,4 +68,3 @@ def float_list(text: str) -> tuple[float, ...]:
     if not items:
         raise argparse.ArgumentTypeError(f"{text!r}: give comma-separated numbers, e.g. 0.75,1,1.25")
     return tuple(positive_float(t) for t in items)
-

@@ -6,6 +6,7 @@ from edgeseg.export.passes.base import Output, Pass
 
 class FlowWarp(Pass):
     name = "flowwarp"
+    _fp32_fused = None  # (model, info) of the fp32 graph when skip_reason already fused it
 
     def wanted(self, opts) -> bool:
         return bool(opts.flowwarp_plugin)
@@ -18,7 +19,7 @@ class FlowWarp(Pass):
         from edgeseg.export.flowwarp import FlowWarpMatchError, fuse_flowwarp
 
         try:  # auto leaves GridSamples that are not flow warps (deformable attention) as they are
-            self._fp32 = fuse_flowwarp(ctx.models["fp32"], keep_others=True)
+            self._fp32_fused = fuse_flowwarp(ctx.models["fp32"], keep_others=True)
         except FlowWarpMatchError as e:
             return f"auto: {e}"
         return None
@@ -30,8 +31,10 @@ class FlowWarp(Pass):
         out = []
         for key in [k for k in ("fp32", "fp16", "int8") if k in ctx.models]:
             ctx.log(f"{key}: GridSample -> edgeseg::FlowWarp")
-            fused = getattr(self, "_fp32", None) if key == "fp32" else None
-            model, info = fused or fuse_flowwarp(ctx.models[key], keep_others=ctx.o.flowwarp_plugin == "auto")
+            if key == "fp32" and self._fp32_fused:
+                model, info = self._fp32_fused
+            else:
+                model, info = fuse_flowwarp(ctx.models[key], keep_others=ctx.o.flowwarp_plugin == "auto")
             ctx.rep["flowwarp"][key] = info
             if key == "fp32":
                 out.append(Output(f"{key}-flowwarp", model, key, key, max_abs=ctx.gates.plugin_max_abs))
