@@ -7,8 +7,9 @@ converged: the rows compare INT8 with fp32 on trained weights and latency, not t
 
     python bench/train_zoo.py --data CAMVID --runs runs/zoo [--arch a,b] [--epochs 5] [--crop 192x256]
 
-Architectures run cheapest first, one `edgeseg train` process each (its run folder: runs/zoo/<arch>, and
-runs/zoo/<arch>.pt a link to its best.pt); a finished run is skipped and an interrupted one resumed, so the
+Architectures run cheapest first, then the GloRe and GCU context units as plug-in heads of FCN and DeepLabV3
+(runs fcn8s-glore, fcn8s-gcu, deeplabv3-glore, deeplabv3-gcu), one `edgeseg train` process each (its run folder:
+runs/zoo/<arch>, and runs/zoo/<arch>.pt a link to its best.pt); a finished run is skipped and an interrupted one resumed, so the
 command can be repeated until all are done. Then
 
     edgeseg bench --model runs/zoo/<arch>.pt,... --backend ort-cpu --precision fp32,int8 --data CAMVID --out DIR
@@ -34,14 +35,19 @@ ORDER = ("espnet_c", "espnet", "deeplabv3plus", "fcn8s", "alignseg", "pspnet", "
 IMAGENET_MOBILENET = ("deeplabv3plus", "fcn8s", "alignseg", "pspnet", "deeplabv3", "deeplabv2", "maskformer",
                       "mask2former")
 SHIPPED = ("sfnet",)  # trained as the shipped `demo` model (edgeseg/zoo/demo.md)
+# graph context units as plug-in heads: run <arch>-<unit> trains <arch> with --opt context=<unit>
+CONTEXT_UNITS = tuple(f"{arch}-{unit}" for arch in ("fcn8s", "deeplabv3") for unit in ("glore", "gcu"))
 
 
-def recipe(arch: str, args) -> list[str]:
+def recipe(name: str, args) -> list[str]:
+    arch, _, unit = name.partition("-")
     cmd = ["--arch", arch, "--data", args.data, "--epochs", str(args.epochs), "--batch-size", "8",
            "--crop", args.crop, "--optimizer", "adamw", "--lr", "1e-3", "--weight-decay", "1e-2",
            "--class-weights", "mfb", "--no-amp", "--seed", "0", "--val-every", str(args.epochs)]
     if arch in IMAGENET_MOBILENET:
         cmd += ["--opt", "backbone=mobilenetv2", "--pretrained", "imagenet"]
+    if unit:
+        cmd += ["--opt", f"context={unit}"]
     return cmd
 
 
@@ -58,14 +64,15 @@ def main(argv=None) -> int:
     ap.add_argument("--data", required=True, help="CamVid-format data folder")
     ap.add_argument("--runs", default="runs/zoo", help="folder of the run folders, one per architecture "
                                                        "(default: runs/zoo)")
-    ap.add_argument("--arch", default="all", help="comma-separated architectures, or all (default: all but the "
-                                                  f"shipped model's {', '.join(SHIPPED)})")
+    ap.add_argument("--arch", default="all", help="comma-separated architectures or context-unit runs "
+                                                  f"({', '.join(CONTEXT_UNITS)}), or all (default: all but the "
+                                                  f"shipped model's {', '.join(SHIPPED)}, then the context units)")
     ap.add_argument("--epochs", type=int, default=5, help="epochs per architecture (default: 5)")
     ap.add_argument("--crop", default="192x256", help="training crop HxW (default: 192x256)")
     args = ap.parse_args(argv)
     zoo = set(available())
-    archs = [a for a in ORDER if a in zoo] if args.arch == "all" else args.arch.split(",")
-    unknown = [a for a in archs if a not in zoo]
+    archs = [a for a in ORDER if a in zoo] + list(CONTEXT_UNITS) if args.arch == "all" else args.arch.split(",")
+    unknown = [a for a in archs if a not in zoo and a not in CONTEXT_UNITS]
     if unknown:
         ap.error(f"--arch {unknown[0]}: not in the zoo; see `edgeseg zoo`")
     missing = sorted(zoo - set(ORDER) - set(SHIPPED))

@@ -22,6 +22,7 @@ from edgeseg.models.archs.maskformer import SemanticInference
 from edgeseg.models.attention import MASKED, MultiheadAttention
 from edgeseg.models.backbones import create_backbone
 from edgeseg.models.backbones.vit import VisionTransformer
+from edgeseg.models.layers import resize_to
 
 pytestmark = pytest.mark.filterwarnings("ignore:You are using the legacy TorchScript-based ONNX export",
                                         "ignore:The feature will be removed")
@@ -115,6 +116,22 @@ def test_semantic_inference_is_the_papers_einsum():
     ref = torch.einsum("bqc,bqhw->bchw", classes.softmax(-1)[..., :-1], masks.sigmoid())
     torch.testing.assert_close(got, ref.log(), rtol=1e-5, atol=1e-5)
     assert got.shape == (2, 4, 5, 6)
+
+
+def test_segformer_decoder_is_the_papers_concatenation_and_fuse():
+    """The decoder sums each stage's merged projection-and-fuse block before upsampling; the paper projects,
+    upsamples, concatenates (last stage first) and fuses: the same function of the same parameters."""
+    torch.manual_seed(0)
+    decoder = create("segformer", 11).eval().decoder
+    bn = decoder.fuse[1]
+    bn.running_mean.normal_(), bn.running_var.uniform_(0.5, 2)
+    feats = [torch.randn(1, c, -(-97 // s), -(-131 // s)) for c, s in zip((32, 64, 160, 256), (4, 8, 16, 32))]
+    maps = [proj(f) for proj, f in zip(decoder.proj, feats)]
+    paper = decoder.fuse(torch.cat([resize_to(m, maps[0]) for m in maps[:0:-1]] + [maps[0]], 1))
+    torch.testing.assert_close(decoder(feats), paper, rtol=1e-5, atol=1e-5)
+    nodes = onnx.load_from_string(export(create("segformer", 11))).graph.node
+    producer = {o: n.op_type for n in nodes for o in n.output}
+    assert not [n.name for n in nodes if n.op_type == "Concat" and {"Conv", "Resize"} & {producer.get(i) for i in n.input}]
 
 
 def test_masked_attention_ignores_masked_keys_and_guards_empty_masks():

@@ -19,6 +19,12 @@ def test_every_architecture_is_trained_once():
     assert len(set(train_zoo.ORDER)) == len(train_zoo.ORDER) and not set(train_zoo.ORDER) & set(train_zoo.SHIPPED)
 
 
+def test_context_unit_runs_train_their_architecture_with_the_unit():
+    cmd = train_zoo.recipe("deeplabv3-gcu", type("A", (), {"data": "D", "epochs": 5, "crop": "192x256"}))
+    assert cmd[:2] == ["--arch", "deeplabv3"] and cmd[-2:] == ["--opt", "context=gcu"]
+    assert "backbone=mobilenetv2" in cmd and len(train_zoo.CONTEXT_UNITS) == 4
+
+
 def _zoo(tiny_camvid, runs, *extra):
     return subprocess.run([sys.executable, str(ROOT / "bench" / "train_zoo.py"), "--data", str(tiny_camvid),
                            "--runs", str(runs), "--arch", "espnet_c", "--crop", "64x96", *extra],
