@@ -206,3 +206,36 @@ def test_not_an_onnx_file(tmp_path):
         ort_session(bad)
     with pytest.raises(EdgesegError, match="missing.onnx: ONNX Runtime cannot load the model"):
         ort_session(tmp_path / "missing.onnx")
+
+
+@pytest.mark.filterwarnings("ignore:You are using the legacy TorchScript-based ONNX export", "ignore:The feature will be removed")
+def test_mask2former_deformable_sampling_runs_through_the_flowwarp_op(ort_ops):
+    """sampler=flowwarp: the same model as GridSample sampling (same weights), and after the FlowWarp pass every
+    deformable sampler is an edgeseg::FlowWarp node that ONNX Runtime runs to PyTorch's output at two sizes."""
+    import io
+
+    import onnx
+
+    from edgeseg.export.flowwarp import count_flowwarp, fuse_flowwarp
+    from edgeseg.models import create
+
+    torch.manual_seed(0)
+    small = dict(dim=32, queries=10, layers=3, enc_layers=2)
+    grid_model = create("mask2former", 11, **small).eval()
+    flow_model = create("mask2former", 11, sampler="flowwarp", **small).eval()
+    flow_model.load_state_dict(grid_model.state_dict())
+    x = torch.randn(1, 3, 96, 128)
+    with torch.no_grad():
+        torch.testing.assert_close(flow_model(x), grid_model(x), rtol=1e-4, atol=1e-4)
+    buf = io.BytesIO()
+    torch.onnx.export(flow_model, (x,), buf, dynamo=False, opset_version=17, input_names=["images"],
+                      output_names=["logits"], dynamic_axes={"images": {2: "H", 3: "W"}, "logits": {2: "H", 3: "W"}})
+    fused, info = fuse_flowwarp(onnx.load_from_string(buf.getvalue()), keep_others=True)
+    assert count_flowwarp(fused) == 2 * 3 and not info["kept"]  # encoder layers x levels
+    assert not [n for n in fused.graph.node if n.op_type == "GridSample"]
+    sess = session(fused.SerializeToString())
+    for hw in ((96, 128), (81, 113)):
+        x = torch.randn(1, 3, *hw)
+        with torch.no_grad():
+            ref = grid_model(x).numpy()
+        np.testing.assert_allclose(sess.run(None, {"images": x.numpy()})[0], ref, rtol=1e-3, atol=1e-3)

@@ -44,7 +44,8 @@ def adaptive_avg_pool2d(x: torch.Tensor, bins: int) -> torch.Tensor:
     return torch.matmul(torch.matmul(ah, x), aw.transpose(0, 1))
 
 
-def _base_coords(n, align_corners: bool, like: torch.Tensor) -> torch.Tensor:
+def base_coords(n, align_corners: bool, like: torch.Tensor) -> torch.Tensor:
+    """grid_sample's normalised coordinates of the n pixel positions along one axis (n symbolic in export)."""
     pos = torch.arange(n, device=like.device).to(like.dtype)
     if align_corners:  # linspace(-1, 1, n); -1 when n == 1
         return pos * (2.0 / pos[-1:].clamp(min=1.0)) - 1.0  # pos[-1] = n - 1, read from the tensor: traces symbolically
@@ -58,7 +59,7 @@ def flow_warp(x: torch.Tensor, flow: torch.Tensor, align_corners: bool = True) -
     linspace + constant normaliser, so the exported graph is exact at every input size.
     """
     h, w = flow.shape[-2:]
-    gx = _base_coords(w, align_corners, flow)[None, None, :] + flow[:, 0] / w
-    gy = _base_coords(h, align_corners, flow)[None, :, None] + flow[:, 1] / h
+    gx = base_coords(w, align_corners, flow)[None, None, :] + flow[:, 0] / w
+    gy = base_coords(h, align_corners, flow)[None, :, None] + flow[:, 1] / h
     grid = torch.stack((gx, gy), dim=-1)
     return F.grid_sample(x, grid, mode="bilinear", padding_mode="zeros", align_corners=align_corners)

@@ -4,7 +4,9 @@ Default: ResNet-18, width 128, 100 queries, 9 decoder layers, 3 deformable encod
 - Pixel decoder: multi-scale deformable attention (Zhu et al., Deformable DETR, ICLR 2021) over the /8, /16
   and /32 maps, then an FPN step to /4 for the per-pixel embeddings. Each query samples `points` locations
   per head and level around its reference point with `F.grid_sample` (ONNX GridSample, which TensorRT's
-  parser takes), and all sizes are read from the tensors, so the export has dynamic H and W.
+  parser takes), and all sizes are read from the tensors, so the export has dynamic H and W. Inference option
+  `sampler=flowwarp` spells the same sampling as a flow warp over a queries x points grid, which the FlowWarp
+  pass (`--flowwarp-plugin`) turns into edgeseg's own op and TensorRT plugin instead of GridSample.
 - Transformer decoder: masked cross-attention (each query attends only inside the mask it predicted one
   layer before, resized to the level attended), then self-attention and an FFN, over the levels /32, /16,
   /8 in turn. The mask is an additive float bias (no boolean attention mask in the graph), and a query whose
@@ -20,6 +22,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from edgeseg.errors import EdgesegError
 from edgeseg.models.archs.maskformer import MLP, SemanticInference, mask_logits
 from edgeseg.models.attention import (
     MASKED,
@@ -29,7 +32,7 @@ from edgeseg.models.attention import (
 )
 from edgeseg.models.backbones import create_backbone
 from edgeseg.models.base import SegModel
-from edgeseg.models.layers import ConvBNReLU, resize_to
+from edgeseg.models.layers import ConvBNReLU, base_coords, flow_warp, resize_to
 from edgeseg.models.registry import register
 
 
@@ -40,13 +43,30 @@ def reference_points(h, w, like: torch.Tensor) -> torch.Tensor:
     return torch.stack((xs[None, :].expand(h, -1), ys[:, None].expand(-1, w)), dim=-1).reshape(-1, 2)
 
 
+SAMPLERS = ("gridsample", "flowwarp")
+
+
+def deformable_sample(v: torch.Tensor, grid: torch.Tensor, sampler: str) -> torch.Tensor:
+    """Bilinear samples of v [N, C, h, w] at grid [N, Lq, P, 2] (align_corners=False, zeros outside): [N, C, Lq, P].
+
+    "flowwarp" writes the grid as a flow over the Lq x P output grid (grid = base + flow / (P, Lq)), the FlowWarp
+    op's definition, so that the FlowWarp pass can replace the GridSample with edgeseg::FlowWarp.
+    """
+    if sampler == "gridsample":
+        return F.grid_sample(v, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
+    lq, npt = grid.shape[1:3]
+    fx = (grid[..., 0] - base_coords(npt, False, grid)) * npt
+    fy = (grid[..., 1] - base_coords(lq, False, grid)[:, None]) * lq
+    return flow_warp(v, torch.stack((fx, fy), 1), align_corners=False)
+
+
 class MSDeformAttn(nn.Module):
     """Multi-scale deformable attention: queries [B, Lq, C] with reference points [B or 1, Lq, 2] in [0, 1]
     sample the value maps (one per level) at `points` learned offsets per head and level."""
 
-    def __init__(self, dim: int, levels: int, heads: int, points: int):
+    def __init__(self, dim: int, levels: int, heads: int, points: int, sampler: str = "gridsample"):
         super().__init__()
-        self.levels, self.heads, self.points = levels, heads, points
+        self.levels, self.heads, self.points, self.sampler = levels, heads, points, sampler
         self.sampling_offsets = nn.Linear(dim, heads * levels * points * 2)
         self.attention_weights = nn.Linear(dim, heads * levels * points)
         self.value_proj = nn.Linear(dim, dim)
@@ -78,15 +98,16 @@ class MSDeformAttn(nn.Module):
             gx = 2 * (ref[:, :, None, None, 0] + off[..., 0] / w) - 1
             gy = 2 * (ref[:, :, None, None, 1] + off[..., 1] / h) - 1
             grid = torch.stack((gx, gy), -1).permute(0, 2, 1, 3, 4).reshape(b * nh, lq, npt, 2)
-            sampled.append(F.grid_sample(v, grid, mode="bilinear", padding_mode="zeros", align_corners=False))
+            sampled.append(deformable_sample(v, grid, self.sampler))
         out = (torch.cat(sampled, -1) * weights).sum(-1)  # [B*heads, C/heads, Lq]
         return self.output_proj(out.reshape(b, c, lq).transpose(1, 2))
 
 
 class DeformEncoderLayer(nn.Module):
-    def __init__(self, dim: int, levels: int, heads: int, points: int, ffn: int, dropout: float = 0.1):
+    def __init__(self, dim: int, levels: int, heads: int, points: int, ffn: int, dropout: float = 0.1,
+                 sampler: str = "gridsample"):
         super().__init__()
-        self.attn = MSDeformAttn(dim, levels, heads, points)
+        self.attn = MSDeformAttn(dim, levels, heads, points, sampler)
         self.norm1, self.norm2 = nn.LayerNorm(dim), nn.LayerNorm(dim)
         self.ffn = FeedForward(dim, ffn, dropout)
         self.drop = nn.Dropout(dropout)
@@ -103,12 +124,14 @@ class DeformEncoderLayer(nn.Module):
 class MSDeformAttnPixelDecoder(nn.Module):
     """Backbone features /4../32 -> (per-pixel embeddings at /4, [maps at /32, /16, /8] of width `dim`)."""
 
-    def __init__(self, channels, dim: int, mask_dim: int, layers: int, heads: int = 8, points: int = 4):
+    def __init__(self, channels, dim: int, mask_dim: int, layers: int, heads: int = 8, points: int = 4,
+                 sampler: str = "gridsample"):
         super().__init__()
         self.levels = len(channels) - 1
         self.input_proj = nn.ModuleList(ConvBNReLU(c, dim, 1, act=False) for c in channels[1:])
         self.level_embed = nn.Parameter(torch.randn(self.levels, dim) * 0.02)
-        self.layers = nn.ModuleList(DeformEncoderLayer(dim, self.levels, heads, points, 4 * dim) for _ in range(layers))
+        self.layers = nn.ModuleList(DeformEncoderLayer(dim, self.levels, heads, points, 4 * dim, sampler=sampler)
+                                    for _ in range(layers))
         self.lateral = ConvBNReLU(channels[0], dim, 1, act=False)
         self.output = ConvBNReLU(dim, dim)
         self.mask_features = nn.Conv2d(dim, mask_dim, 1)
@@ -188,9 +211,9 @@ class MaskedTransformerDecoder(nn.Module):
 
 class Mask2FormerDecoder(nn.Module):
     def __init__(self, channels, num_classes: int, dim: int, queries: int, layers: int, enc_layers: int, heads: int,
-                 points: int):
+                 points: int, sampler: str):
         super().__init__()
-        self.pixel_decoder = MSDeformAttnPixelDecoder(channels, dim, dim, enc_layers, heads, points)
+        self.pixel_decoder = MSDeformAttnPixelDecoder(channels, dim, dim, enc_layers, heads, points, sampler)
         self.transformer = MaskedTransformerDecoder(num_classes, dim, dim, queries, layers, heads, 4 * dim)
 
     def forward(self, feats):
@@ -199,13 +222,18 @@ class Mask2FormerDecoder(nn.Module):
 
 @register("mask2former")
 class Mask2Former(SegModel):
+    inference_options = ("sampler",)  # the same sampling either way: a trained model exports in both forms
+
     def __init__(self, num_classes: int, backbone: str = "resnet18", dim: int = 128, queries: int = 100,
-                 layers: int = 9, enc_layers: int = 3, heads: int = 8, points: int = 4):
+                 layers: int = 9, enc_layers: int = 3, heads: int = 8, points: int = 4, sampler: str = "gridsample"):
         """`dim`: width throughout; `queries`: N; `layers`: masked-attention decoder layers (a multiple of 3
-        visits every level equally); `enc_layers`: deformable encoder layers; `points`: samples per head/level."""
+        visits every level equally); `enc_layers`: deformable encoder layers; `points`: samples per head/level;
+        `sampler`: gridsample or flowwarp, how deformable attention's sampling is written in the graph."""
+        if sampler not in SAMPLERS:
+            raise EdgesegError(f"mask2former: sampler={sampler!r}; choose {' or '.join(SAMPLERS)}")
         super().__init__(num_classes, backbone=backbone, dim=dim, queries=queries, layers=layers,
-                         enc_layers=enc_layers, heads=heads, points=points)
+                         enc_layers=enc_layers, heads=heads, points=points, sampler=sampler)
         self.encoder = create_backbone(backbone)
         self.decoder = Mask2FormerDecoder(self.encoder.channels, num_classes, dim, queries, layers, enc_layers, heads,
-                                          points)
+                                          points, sampler)
         self.head = SemanticInference()
