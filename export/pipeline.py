@@ -240,7 +240,7 @@ class _Export:
         model, reference, ref_name = src.fp32(o, self.sizes[0])
         self._stage("fp32", model, "fp32")
         self._check("fp32", reference, ref_name, max_abs=self.gates.fp32_max_abs, min_agree=self.gates.fp32_agreement,
-                    fatal=True)
+                    hard_decisions=src.hard_decisions, fatal=True)
 
         failed: dict[str, str] = {}
         for p in passes:
@@ -328,15 +328,18 @@ class _Export:
         del self.models[key], self.precision_of[key]
 
     def _check(self, key: str, reference, ref_name: str, *, max_abs: float | None = None,
-               min_agree: float | None = None, decided_by: str | None = None, fatal: bool = False) -> bool:
+               min_agree: float | None = None, hard_decisions: str = "", decided_by: str | None = None,
+               fatal: bool = False) -> bool:
         """The one checker: the graph `key` against a reference on the validation images at every size."""
         rows = V.compare(reference, V.OrtPredictor(self.files[key]), self.images, self.sizes, self.meta)
         w = V.worst(rows)
-        passed, limit = V.judge(rows, max_abs=max_abs, min_agree=min_agree)
+        passed, limit = V.judge(rows, max_abs=max_abs, min_agree=min_agree, hard_decisions=hard_decisions)
         if decided_by:
             limit = f"report only ({decided_by})"
         entry = {"reference": ref_name, "sizes": rows, **w, "limit": limit, "passed": passed}
         diff = f"max |diff| {V.shown('abs', w['max_abs_diff'])}, " if "max_abs_diff" in w else ""
+        if diff and hard_decisions:
+            diff += f"99.9th percentile {V.shown('abs', w['p999_abs_diff'])}, "
         sizes = ", ".join(f"{h}x{w_}" for h, w_ in self.sizes)
         self.log(f"{key} vs {ref_name}: {diff}argmax agreement {V.shown('agreement', w['argmax_agreement'])}% at "
                  f"{sizes} -> {'ok' if passed else 'FAILED'}")

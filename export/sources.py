@@ -20,6 +20,7 @@ class Source:
     classes = None  # ClassInfo
     mean, std = IMAGENET_MEAN, IMAGENET_STD
     divisor = 1
+    hard_decisions = ""  # see SegModel.hard_decisions
     fixed_size = None  # (h, w) when the graph takes only that size
     key_extra: dict | None = None  # besides sha: what else decides the graph (the cache key)
 
@@ -72,6 +73,7 @@ class CheckpointSource(_Torch):
         self.classes = checkpoint.classes_of(self.rec)
         self.mean, self.std = self.rec["mean"], self.rec["std"]
         self.divisor = getattr(self.net, "size_divisor", 1)
+        self.hard_decisions = self.net.hard_decisions
 
     def _meta_extra(self) -> dict:
         return {"metrics": self.rec.get("metrics") or {}, "train_size": self.rec.get("train_size")}
@@ -102,6 +104,7 @@ class ModuleSource(_Torch):
         self.name = opts.name or self.arch.lower()
         self.path, self.sha = f"<{type(module).__module__}.{type(module).__qualname__}>", module_sha(module)
         self.divisor = int(getattr(module, "size_divisor", 1) or 1)
+        self.hard_decisions = str(getattr(module, "hard_decisions", "") or "")
         n, self.stride = output_stride(module, fit(opts.sizes[0], self.divisor), output)
         if n != self.classes.num_classes:
             raise EdgesegError(f"{self.arch} outputs {n} class scores but classes= names {self.classes.num_classes} "

@@ -18,7 +18,7 @@ from edgeseg.export import export_model
 from edgeseg.export.graph import get_meta, load
 from edgeseg.export.pipeline import PartialExport
 from edgeseg.export.report import to_markdown
-from edgeseg.export.validate import Gates, OrtPredictor, image_files, judge, model_input
+from edgeseg.export.validate import Gates, OrtPredictor, compare, image_files, judge, model_input
 from edgeseg.meta import IMAGENET_MEAN, IMAGENET_STD
 
 SIZES = ((64, 96), (96, 128))
@@ -202,6 +202,22 @@ def test_difference_gate_scales_with_the_reference_logits():
     passed, limit = judge(rows, max_abs=1e-3)
     assert not passed and [r["passed"] for r in rows] == [True, False, False]
     assert limit == "max abs diff <= 0.001 x max(1, largest |reference logit|)"
+
+
+def test_hard_decisions_move_the_difference_gate_to_the_999th_percentile():
+    """A model whose last-bit differences can flip a discrete choice (a mask at logit 0) is judged on the 99.9th
+    percentile of |diff|: one flipped pixel in 10^4 passes, a shifted map does not; the agreement limit still holds."""
+    ref = np.random.default_rng(0).standard_normal((1, 3, 100, 100)).astype(np.float32)
+    flipped = ref.copy()
+    flipped[0, :, 5, 7] += 0.5  # one pixel of 10^4
+    shifted = ref + 2e-2  # beyond 1e-3 x the largest |logit| (about 4)
+    rows = compare(lambda x: ref, lambda x: flipped, [np.zeros((8, 8, 3), np.uint8)], [(8, 8)], META)
+    assert rows[0]["max_abs_diff"] == pytest.approx(0.5) and rows[0]["p999_abs_diff"] < 1e-6
+    assert not judge([dict(rows[0])], max_abs=1e-3)[0]
+    passed, limit = judge(rows, max_abs=1e-3, min_agree=0.999, hard_decisions="a mask")
+    assert passed and limit.startswith("99.9th percentile abs diff (a mask) <= 0.001")
+    rows = compare(lambda x: ref, lambda x: shifted, [np.zeros((8, 8, 3), np.uint8)], [(8, 8)], META)
+    assert not judge(rows, max_abs=1e-3, hard_decisions="a mask")[0]
 
 
 def test_cli_options_come_from_the_dataclass():

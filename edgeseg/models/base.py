@@ -19,7 +19,9 @@ class SegModel(nn.Module):
     `head` (map -> class scores) and optionally `aux_head` on `encoder` output `aux_index`.
     Capability flags: `size_divisor` (H and W must be multiples of it), `min_size`, `exportable`;
     `inference_options`: options that change only the deployed network, not its trained weights (UNet++'s
-    `prune`), so that `edgeseg export` and `bench` may set them on a trained checkpoint.
+    `prune`), so that `edgeseg export` and `bench` may set them on a trained checkpoint; `hard_decisions`: what
+    discrete choice a last-bit difference can flip (then the fp32 export gate judges the 99.9th percentile of
+    |logit difference|, not its maximum, which is that of a flipped pixel).
     """
 
     arch = "segmodel"
@@ -27,6 +29,7 @@ class SegModel(nn.Module):
     min_size = 32
     exportable = True
     inference_options: tuple[str, ...] = ()
+    hard_decisions = ""
     aux_index = -2
     aux_weight = 0.4
 

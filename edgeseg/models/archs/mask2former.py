@@ -222,6 +222,7 @@ class Mask2FormerDecoder(nn.Module):
 
 @register("mask2former")
 class Mask2Former(SegModel):
+    hard_decisions = "masked attention's mask (logit < 0)"
     inference_options = ("sampler",)  # the same sampling either way: a trained model exports in both forms
 
     def __init__(self, num_classes: int, backbone: str = "resnet18", dim: int = 128, queries: int = 100,

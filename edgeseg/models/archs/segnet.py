@@ -126,6 +126,7 @@ def _init(model: nn.Module) -> None:
 
 @register("segnet")
 class SegNet(SegModel):
+    hard_decisions = "max-unpooling switches"
     def __init__(self, num_classes: int, unpool: str = "mask"):
         """`unpool`: mask (index-free, TensorRT-buildable) or indices (MaxUnpool)."""
         super().__init__(num_classes, unpool=_check(unpool))
@@ -148,6 +149,7 @@ class SegNet(SegModel):
 
 @register("segnet_basic")
 class SegNetBasic(SegModel):
+    hard_decisions = SegNet.hard_decisions
     def __init__(self, num_classes: int, width: int = 64, unpool: str = "mask"):
         """`unpool`: mask (index-free, TensorRT-buildable) or indices (MaxUnpool)."""
         super().__init__(num_classes, width=width, unpool=_check(unpool))
