@@ -210,6 +210,26 @@ def test_bench_end_to_end(tiny_camvid, tmp_path, capsys):
     assert main(["bench", "--model", str(ckpt), "--baseline", str(tmp_path / "foreign.json"), "--out", str(tmp_path / "x")]) == 2
     assert "not a bench.json" in capsys.readouterr().err and not (tmp_path / "x").exists()
 
+    # torch only, merged into the first run's folder: its torch rows are replaced, the others carried with their date
+    assert main(["bench", "--model", str(ckpt), "--backend", "torch", "--precision", "fp32", "--size", "64x96",
+                 "--threads", "1", "--min-time", "0", "--min-runs", "3", "--warmup", "1", "--cache", str(tmp_path / "cache"),
+                 "--merge", str(out / "bench.json"), "--out", str(out)]) == 0
+    doc3 = json.loads((out / "bench.json").read_text())
+    carried = [r for r in doc3["rows"] if r.get("run_date")]
+    assert len(doc3["rows"]) == 4 and {(r["model"], r["backend"]) for r in carried} == {("unet", "torch"), ("unet", "ort"),
+                                                                                        ("mine", "ort")}
+    assert all(r["run_date"] == doc["date"] for r in carried)
+    new = next(r for r in doc3["rows"] if not r.get("run_date"))
+    assert (new["model"], new["backend"]) == ("mine", "torch") and new.get("miou") is None  # no --data this time
+    table = (out / "bench.md").read_text()
+    assert table.count(f"run of {doc['date'][:10]}") == 3 and "3 rows carried from" in table
+    with open(out / "bench.csv") as f:
+        assert sum(bool(r["run_date"]) for r in csv.DictReader(f)) == 3
+    capsys.readouterr()
+    assert main(["bench", "--model", str(ckpt), "--merge", str(tmp_path / "foreign.json"), "--out", str(tmp_path / "y")]) == 2
+    err = capsys.readouterr().err
+    assert "--merge" in err and "not a bench.json" in err and not (tmp_path / "y").exists()
+
 
 def test_flow_warp_models_run_the_flowwarp_op_on_onnx_runtime(tiny_camvid, tmp_path):
     """Where the CPU op is built, ONNX Runtime rows of a flow-warp model run the edgeseg::FlowWarp graph (what a

@@ -1,4 +1,5 @@
-"""Comparison with an earlier run (`--baseline bench.json`): each row's latency over the same row's then.
+"""Earlier runs: comparison (`--baseline bench.json`: each row's latency over the same row's then) and merging
+(`--merge bench.json`: the rows this run does not measure are carried into its reports, marked with their run).
 
 Rows match on model, backend, precision, run size and batch. A shared machine's speed drifts from one run to the
 next, so the summary also gives the ratio of the two runs' measured matrix-product peaks: when the peak moved as
@@ -16,8 +17,8 @@ KEY = ("model", "backend", "precision", "run_size", "batch")
 TOLERANCE = 0.10  # rows within +-10 % count as agreeing: about what one row varies between runs on this CPU
 
 
-def load(path: str | Path) -> dict:
-    """A bench.json from an earlier `edgeseg bench`; a missing or foreign file is a one-line error."""
+def load(path: str | Path, option: str = "--baseline") -> dict:
+    """A bench.json from an earlier `edgeseg bench`; a missing or foreign file is a one-line error naming `option`."""
     path = Path(path)
     try:
         doc = json.loads(path.read_text())
@@ -26,9 +27,9 @@ def load(path: str | Path) -> dict:
         if not isinstance(rows, list) or not all(all(k in r for k in KEY) for r in rows):
             raise KeyError("rows")
     except OSError as e:
-        raise EdgesegError(f"--baseline {path}: cannot read it ({e.strerror}); pass the bench.json of an earlier run") from None
+        raise EdgesegError(f"{option} {path}: cannot read it ({e.strerror}); pass the bench.json of an earlier run") from None
     except (ValueError, KeyError, TypeError):
-        raise EdgesegError(f"--baseline {path}: not a bench.json written by `edgeseg bench`; pass the bench.json of an earlier run") from None
+        raise EdgesegError(f"{option} {path}: not a bench.json written by `edgeseg bench`; pass the bench.json of an earlier run") from None
     return doc
 
 
@@ -56,3 +57,19 @@ def summary_line(s: dict) -> str:
     return (f"Against the baseline {s['file']} ({s['date']}): latency now / then, geometric mean {s['geomean']:.2f} over "
             f"{s['rows']} rows, {s['within']} of them within ±{TOLERANCE:.0%}"
             + (f"; this run's measured peak over the baseline's: {peaks}" if peaks else "") + ".")
+
+
+def carry(rows: list[dict], base: dict) -> list[dict]:
+    """The earlier run's rows that `rows` does not measure again, each with its run's date in "run_date" (a row it
+    carried itself keeps the date of the run that measured it)."""
+    now = {tuple(r[k] for k in KEY) for r in rows}
+    return [{**r, "run_date": r.get("run_date") or base.get("date")} for r in base["rows"]
+            if tuple(r[k] for k in KEY) not in now]
+
+
+def carried_line(carried: list[dict], base: dict, peaks: dict) -> str:
+    base_peaks = base.get("peaks_gflops", {}).get("cpu", {})
+    ratio = ", ".join(f"{p} {v / base_peaks[p]:.2f}x" for p, v in peaks.get("cpu", {}).items() if base_peaks.get(p))
+    dates = sorted({r["run_date"][:10] for r in carried if r.get("run_date")})
+    return (f"{len(carried)} rows carried from {base['_path']} (measured on {', '.join(dates) or 'an unknown date'}, "
+            f"marked in the Note column)" + (f"; this run's measured peak over that run's: {ratio}" if ratio else "") + ".")

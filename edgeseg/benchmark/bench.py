@@ -39,11 +39,13 @@ def parse_request(arch: str | None, model: str | None, backend: str, precision: 
 
 
 def benchmark(request: dict, settings: Settings, out: Path, *, command: str = "", progress: bool = True,
-              baseline: str | Path | None = None) -> dict:
+              baseline: str | Path | None = None, merge: str | Path | None = None) -> dict:
     """Run the grid and write bench.md / .csv / .json / .png and machine.json into `out`. Returns the JSON document.
-    baseline: an earlier run's bench.json, compared row by row."""
+    baseline: an earlier run's bench.json, compared row by row; merge: one whose rows this run does not measure are
+    carried into the reports."""
     start, load_start = time.perf_counter(), os.getloadavg()[0]
     base = compare_with.load(baseline) if baseline else None
+    merged = compare_with.load(merge, "--merge") if merge else None
     classes = None
     if settings.data is not None:
         from edgeseg.data import SegFolder
@@ -71,6 +73,10 @@ def benchmark(request: dict, settings: Settings, out: Path, *, command: str = ""
            "load_average": {"start": load_start, "end": os.getloadavg()[0]}}
     if base is not None:
         doc["baseline"] = compare_with.compare(rows, base, peaks)
+    if merged is not None:
+        carried = compare_with.carry(rows, merged)
+        doc["merged"] = compare_with.carried_line(carried, merged, peaks)
+        rows = rows + carried
     files = report.write_all(out, rows, grid.skipped, doc, header(doc))
     return {**doc, "rows": rows, "skipped": grid.skipped, "files": {k: str(v) for k, v in files.items()}}
 
@@ -93,4 +99,6 @@ def header(doc: dict) -> str:
                  "peak); Agree % = argmax agreement with PyTorch fp32 on one image.")
     if "baseline" in doc:
         lines.append(compare_with.summary_line(doc["baseline"]) + " vs base = this row's latency over the baseline's.")
+    if "merged" in doc:
+        lines.append(doc["merged"])
     return "\n".join(lines)

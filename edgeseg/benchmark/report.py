@@ -10,7 +10,7 @@ from edgeseg.fileio import atomic_path, write_json, write_text
 
 CSV_FIELDS = ["model", "arch", "weights", "backend", "runtime", "device", "precision", "size", "run_size", "batch", "status",
               "latency_median_ms", "latency_p90_ms", "latency_p99_ms", "runs", "fps", "rss_peak_mb", "device_mem_mb",
-              "params_m", "gflop", "gflops_per_s", "peak_fraction", "agreement", "miou", "eval_images", "others_cpu", "vs_baseline", "note", "error"]
+              "params_m", "gflop", "gflops_per_s", "peak_fraction", "agreement", "miou", "eval_images", "others_cpu", "vs_baseline", "run_date", "note", "error"]
 
 
 def pareto_front(points: Sequence[tuple[float, float]]) -> list[int]:
@@ -45,6 +45,8 @@ def markdown(rows: list[dict], skipped: list[dict], header: str) -> str:
         note = r.get("note") or ""
         if not ok:
             note = f"**error**: {r.get('error', '')}" + (f"; {note}" if note else "")
+        if r.get("run_date"):
+            note = f"run of {r['run_date'][:10]}" + (f"; {note}" if note else "")
         cells = [r["model"], r["weights"], r.get("runtime") or r["backend"], r["precision"], r["run_size"], str(r["batch"]),
                  _num(r.get("latency_median_ms"), ".1f"), _num(r.get("latency_p90_ms"), ".1f"), _num(r.get("latency_p99_ms"), ".1f"),
                  _num(r.get("fps"), ".2f"), _num(r.get("rss_peak_mb"), ".0f"), _num(r.get("params_m"), ".2f"),
@@ -103,7 +105,7 @@ def plot(path: Path, rows: list[dict], title: str) -> None:
     unscored = [p for p in pts if p.get("miou") is None]
     markers = {"fp32": "o", "fp16": "s", "int8": "^"}
     models = sorted({p["model"] for p in pts})
-    colours = {m: plt.cm.tab10(i % 10) for i, m in enumerate(models)}
+    colours = {m: plt.cm.tab20(i % 20) for i, m in enumerate(models)}
     fig, (ax, strip) = plt.subplots(2, 1, figsize=(8, 7), sharex=True, gridspec_kw={"height_ratios": [3, 1.4]})
     for i, p in enumerate(sorted(scored, key=lambda p: p["latency_median_ms"])):
         ax.scatter(p["latency_median_ms"], 100 * p["miou"], marker=markers.get(p["precision"], "o"), s=60,

@@ -29,6 +29,9 @@ def add_arguments(p) -> None:
     p.add_argument("--cache", default=None, help="where exports and random-weight checkpoints are kept (default: $EDGESEG_CACHE/bench, else ~/.cache/edgeseg/bench)")
     p.add_argument("--baseline", default=None,
                    help="bench.json of an earlier run: each row's latency over the same row's there, and a summary")
+    p.add_argument("--merge", default=None,
+                   help="bench.json of an earlier run: its rows that this run does not measure again are kept in this run's "
+                        "table, CSV, JSON and plot, marked with their run's date (the same file as --out's adds rows to it)")
     p.add_argument("--out", required=True, help="folder for bench.md, bench.csv, bench.json, bench.png, machine.json")
 
 
@@ -52,7 +55,7 @@ def run(args) -> int:
                         data=Path(args.data) if args.data else None, split=args.split, eval_limit=args.eval_limit,
                         row_timeout=args.row_timeout, cache=Path(args.cache) if args.cache else cache_dir("bench"))
     doc = benchmark(request, settings, Path(args.out), command="edgeseg bench " + " ".join(sys.argv[2:]),
-                    baseline=args.baseline)
+                    baseline=args.baseline, merge=args.merge)
     print(Path(doc["files"]["table"]).read_text())
     for kind, path in doc["files"].items():
         print(f"{kind:>8}: {path}")
