@@ -10,6 +10,7 @@ from edgeseg.errors import EdgesegError
 from edgeseg.models import checkpoint, create
 from edgeseg.train.loop import TrainConfig, train
 from edgeseg.train.schedule import poly_lr
+from tests.conftest import shrink_camvid
 
 FAST = dict(arch="sfnet", model_options={"fpn_dim": 32}, epochs=2, batch_size=2, crop=(64, 96), val_split=None, limit=4)
 
@@ -39,6 +40,15 @@ def test_training_reduces_loss_and_refuses_to_overwrite(tiny_camvid, tmp_path):
     with pytest.raises(EdgesegError, match="--resume"):
         train(cfg)
     assert not (tmp_path / "r" / "best.pt").exists()  # best.pt needs a validation split
+
+
+def test_validation_fits_frames_to_the_size_divisor(camvid, tmp_path):
+    """U-Net takes multiples of 16; CamVid's 360x480 frames (here 90x120) are resized for validation, not refused."""
+    data = shrink_camvid(camvid, tmp_path / "d", n_train=4, n_val=2, size=(90, 120))
+    res = train(TrainConfig(data=str(data), out=str(tmp_path / "r"), arch="unet", model_options={"width": 8}, epochs=1,
+                            batch_size=2, crop=(64, 96)))
+    assert create("unet", 11).size_divisor == 16 and 0 <= res["history"][-1]["val_miou"] <= 1
+    assert (tmp_path / "r" / "best.pt").is_file()
 
 
 def test_checkpoint_errors(tmp_path, tiny_camvid):

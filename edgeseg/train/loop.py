@@ -288,7 +288,8 @@ def train(cfg: TrainConfig, resume: bool = False, given: dict | None = None) -> 
         is_last = epoch + 1 == cfg.epochs
         if main and val is not None and ((epoch + 1) % cfg.val_every == 0 or is_last):
             model.eval()
-            m = evaluate(TorchBackend.for_module(model, device=str(device)), val, classes, progress=False)
+            m = evaluate(TorchBackend.for_module(model, device=str(device)), val, classes, size_divisor=model.size_divisor,
+                         progress=False)
             row["val_miou"] = m["miou"]
             if tty:
                 bar.write(f"epoch {epoch + 1}: val mIoU {100 * m['miou']:.2f} %")
