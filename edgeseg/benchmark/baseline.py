@@ -33,6 +33,12 @@ def load(path: str | Path, option: str = "--baseline") -> dict:
     return doc
 
 
+def peak_ratio(peaks: dict, base: dict) -> dict:
+    """This run's measured CPU peaks over the earlier run's, per precision both measured."""
+    base_peaks = base.get("peaks_gflops", {}).get("cpu", {})
+    return {p: v / base_peaks[p] for p, v in peaks.get("cpu", {}).items() if base_peaks.get(p)}
+
+
 def compare(rows: list[dict], base: dict, peaks: dict) -> dict:
     """Set row["vs_baseline"] (latency now / then) on the rows that both runs measured; return the summary."""
     then = {tuple(r[k] for k in KEY): r for r in base["rows"] if r.get("status") == "ok"}
@@ -42,12 +48,10 @@ def compare(rows: list[dict], base: dict, peaks: dict) -> dict:
         if r["status"] == "ok" and old is not None:
             r["vs_baseline"] = r["latency_median_ms"] / old["latency_median_ms"]
             ratios.append(r["vs_baseline"])
-    base_peaks = base.get("peaks_gflops", {}).get("cpu", {})
-    peak_ratio = {p: v / base_peaks[p] for p, v in peaks.get("cpu", {}).items() if base_peaks.get(p)}
     return {"file": base["_path"], "date": base.get("date"), "rows": len(ratios),
             "within": sum(abs(x - 1) <= TOLERANCE for x in ratios),
             "geomean": math.exp(sum(map(math.log, ratios)) / len(ratios)) if ratios else None,
-            "peak_ratio": peak_ratio}
+            "peak_ratio": peak_ratio(peaks, base)}
 
 
 def summary_line(s: dict) -> str:
@@ -68,8 +72,7 @@ def carry(rows: list[dict], base: dict) -> list[dict]:
 
 
 def carried_line(carried: list[dict], base: dict, peaks: dict) -> str:
-    base_peaks = base.get("peaks_gflops", {}).get("cpu", {})
-    ratio = ", ".join(f"{p} {v / base_peaks[p]:.2f}x" for p, v in peaks.get("cpu", {}).items() if base_peaks.get(p))
+    ratio = ", ".join(f"{p} {r:.2f}x" for p, r in peak_ratio(peaks, base).items())
     dates = sorted({r["run_date"][:10] for r in carried if r.get("run_date")})
     return (f"{len(carried)} rows carried from {base['_path']} (measured on {', '.join(dates) or 'an unknown date'}, "
             f"marked in the Note column)" + (f"; this run's measured peak over that run's: {ratio}" if ratio else "") + ".")
