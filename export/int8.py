@@ -10,7 +10,8 @@ into the quantization range, Add / Concat / Resize quantized too, the output lef
 
 The guard measures mIoU of fp32 and int8 on a held-out split; when int8 loses more than `max_loss` points it
 ranks the quantized layers by the output error each one alone causes and leaves the worst in float, as few as
-the loss allows.
+the loss allows; in the cpu form, when every Conv / MatMul / Gemm in float is not enough, it ranks the other
+requantized nodes (Add, LayerNorm, Concat, Resize...) after them and goes on.
 """
 from __future__ import annotations
 
@@ -38,6 +39,9 @@ TARGET_CHOICES = ("auto", *TARGETS)
 QUANTIZED_OPS = ("Conv", "MatMul", "Gemm")
 # faster in float on ONNX Runtime CPU: QLinearSoftmax took 34 ms of SegFormer-B0's 191 (float Softmax: 6)
 FLOAT_OPS = ("Softmax",)
+# ops whose output the cpu form requantizes (ONNX Runtime's QLinear / QDQ registries less those that only move data)
+REQUANTIZED_OPS = ("Add", "Mul", "Concat", "Resize", "AveragePool", "GlobalAveragePool", "Sigmoid", "LeakyRelu",
+                   "Clip", "LayerNormalization", "BatchNormalization", "InstanceNormalization", "Where")
 
 
 @dataclass
@@ -147,6 +151,22 @@ def quantizable_nodes(model: onnx.ModelProto) -> list[str]:
     return [n.name for n in model.graph.node if n.op_type in QUANTIZED_OPS and n.name not in keep_float]
 
 
+def kept_float(model: onnx.ModelProto, cfg: QuantConfig) -> list[str]:
+    """Nodes no placement quantizes (see float_matmuls, size_dependent_nodes, output_nodes, FLOAT_OPS)."""
+    return (float_matmuls(model, cfg.attention) + size_dependent_nodes(model) + output_nodes(model)
+            + [n.name for n in model.graph.node if n.op_type in FLOAT_OPS])
+
+
+def requantized_nodes(model: onnx.ModelProto, cfg: QuantConfig) -> list[str]:
+    """Beyond Conv / MatMul / Gemm, the nodes whose arithmetic the cpu form runs on quantized values (residual Adds,
+    LayerNorms, Concats that requantize to one scale, Resizes...): the guard's second rank, when keeping every
+    Conv / MatMul / Gemm in float is not enough (a ViT's residual stream). None in the tensorrt form."""
+    if cfg.target != "cpu":
+        return []
+    skip = set(kept_float(model, cfg))
+    return [n.name for n in model.graph.node if n.op_type in REQUANTIZED_OPS and n.name not in skip]
+
+
 def chunk_size(n: int, most: int = 4) -> int:
     """Images per calibration pass (bounds the memory of intermediate outputs); must divide n."""
     return max(d for d in range(1, min(most, n) + 1) if n % d == 0)
@@ -177,8 +197,7 @@ def quantize(fp32: Path, out: Path, images: CalibrationImages, cfg: QuantConfig,
             quantize_static(str(fp32), str(out), images, quant_format=QuantFormat.QDQ, per_channel=cfg.per_channel,
                             activation_type=QuantType.QInt8 if trt else QuantType.QUInt8, weight_type=QuantType.QInt8,
                             op_types_to_quantize=list(QUANTIZED_OPS) if trt else None, nodes_to_quantize=list(only or []),
-                            nodes_to_exclude=list(exclude) + float_matmuls(model, cfg.attention) + size_dependent_nodes(model)
-                            + output_nodes(model) + [n.name for n in model.graph.node if n.op_type in FLOAT_OPS],
+                            nodes_to_exclude=list(exclude) + kept_float(model, cfg),
                             calibrate_method=method,
                             extra_options=options, calibration_cache_path=str(cache) if cache else None)
     except EdgesegError:
@@ -255,14 +274,12 @@ class GuardResult:
                 "sensitivity": self.sensitivity}
 
 
-def sensitivity(fp32: Path, images: CalibrationImages, cfg: QuantConfig, cache: Path, work: Path, *,
-                probe: int = 4, progress: bool = True) -> list[dict]:
-    """Output error (squared logit error / squared logit, or changed labels) caused by quantizing each layer alone.
+def sensitivity(fp32: Path, images: CalibrationImages, cfg: QuantConfig, cache: Path, work: Path,
+                nodes: Sequence[str], *, probe: int = 4, progress: bool = True) -> list[dict]:
+    """Output error (squared logit error / squared logit, or changed labels) caused by quantizing each node alone.
 
     Measured on the first `probe` calibration images; worst first.
     """
-    model = onnx.load(str(fp32))
-    nodes = quantizable_nodes(model)
     ref = OrtPredictor(fp32)
     probes = [images.images[i] for i in range(min(probe, len(images)))]
     feeds = [model_input([img], fit(img.shape[:2], images.meta["input"]["size_divisor"]), images.meta) for img in probes]
@@ -300,11 +317,12 @@ def guarded_quantize(fp32: Path, out: Path, images: CalibrationImages, cfg: Quan
         result.steps.append({"float_nodes": 0, "miou": result.int8_miou, "loss_points": result.loss})
         if result.loss <= max_loss:
             return result
-        ranked = sensitivity(fp32, images, cfg, cache, work, progress=progress)
-        if not ranked:
+        model = onnx.load(str(fp32))
+        result.sensitivity = sensitivity(fp32, images, cfg, cache, work, quantizable_nodes(model), progress=progress)
+        second = requantized_nodes(model, cfg)  # ranked only if every Conv / MatMul / Gemm in float is not enough
+        if not result.sensitivity and not second:
             raise EdgesegError(f"INT8 loses {result.loss:.2f} mIoU points and {fp32} has no layer to keep in float")
-        result.sensitivity = ranked
-        order = [r["node"] for r in ranked]
+        order = [r["node"] for r in result.sensitivity]
         trials: dict[int, dict] = {0: result.int8}
 
         def loss(k: int) -> float:
@@ -315,12 +333,17 @@ def guarded_quantize(fp32: Path, out: Path, images: CalibrationImages, cfg: Quan
                                      "loss_points": 100.0 * (base["miou"] - trials[k]["miou"])})
             return 100.0 * (base["miou"] - trials[k]["miou"])
 
-        lo, hi = 0, 1
+        lo, hi = 0, min(1, len(order))
         while loss(hi) > max_loss:
-            if hi >= len(order):  # every layer in float and still too far off: the float graphs disagree
+            if hi >= len(order) and second:
+                ranked = sensitivity(fp32, images, cfg, cache, work, second, progress=progress)
+                result.sensitivity += ranked
+                order += [r["node"] for r in ranked]
+                second = []
+            elif hi >= len(order):  # every layer in float and still too far off: the float graphs disagree
                 raise EdgesegError(f"INT8 loses {loss(hi):.2f} mIoU points even with every layer in float; "
                                    f"check the calibration images or export without int8")
-            lo, hi = hi, min(2 * hi, len(order))
+            lo, hi = hi, min(max(1, 2 * hi), len(order))
         while hi - lo > 1:
             mid = (lo + hi) // 2
             lo, hi = (lo, mid) if loss(mid) <= max_loss else (mid, hi)

@@ -29,6 +29,7 @@ from edgeseg.export.int8 import (
     qdq_summary,
     quantizable_nodes,
     quantize,
+    requantized_nodes,
     size_dependent_nodes,
 )
 from edgeseg.export.torch_export import Deployable, example_input, export_onnx, split_thin_convs
@@ -354,6 +355,46 @@ def test_guard_keeps_sensitive_layers_in_float(tmp_path, frames, camvid):
         assert (conv.input[1] in dq) == (conv.name not in result.float_nodes)
     assert agreement(tmp_path / "q.onnx")["miou"] == pytest.approx(result.int8_miou)
     assert set(result.float_nodes) <= set(quantizable_nodes(load(tmp_path / "small.onnx")))
+
+
+def test_guard_ranks_the_cpu_forms_requantized_adds_when_every_conv_in_float_is_not_enough(tmp_path, frames, camvid):
+    """An Add whose operand spans 0..500 (a ViT's residual stream has such outliers) leaves uint8 steps of ~2 for
+    features of ~1: no Conv kept in float repairs that, only the Add in float does."""
+    class Offset(nn.Module):
+        num_classes = 11
+
+        def __init__(self):
+            super().__init__()
+            self.conv1, self.conv2 = nn.Conv2d(3, 8, 3, 1, 1), nn.Conv2d(8, 11, 1)
+            self.register_buffer("offset", torch.zeros(1, 8, 1, 1))
+            self.offset[0, 0] = 500.0
+            with torch.no_grad():  # conv2 removes what the offset adds, so the float model ignores it
+                self.conv2.bias -= self.conv2.weight[:, 0, 0, 0] * 500.0
+
+        def forward(self, x):
+            return F.interpolate(self.conv2(torch.relu(self.conv1(x)) + self.offset), size=x.shape[-2:], mode="bilinear")
+
+    torch.manual_seed(0)
+    onnx.save(export_onnx(Deployable(Offset().eval()), example_input(64, 96, False)), str(tmp_path / "offset.onnx"))
+    meta = {"input": {"mean": [0.485, 0.456, 0.406], "std": [0.229, 0.224, 0.225], "dtype": "float32",
+                      "layout": "NCHW", "size_divisor": 1}}
+    batches = [model_input([f], (96, 128), meta) for f in frames]
+    truth = [OrtPredictor(tmp_path / "offset.onnx")(x).argmax(1) for x in batches]
+
+    def agreement(path: Path) -> dict:
+        run = OrtPredictor(path)
+        return {"miou": float(np.mean([(run(x).argmax(1) == t).mean() for x, t in zip(batches, truth)]))}
+
+    images = CalibrationImages(image_files(camvid, "train")[:2], meta)
+    cfg = QuantConfig(method="minmax", target="cpu")
+    model = load(tmp_path / "offset.onnx")
+    adds = [n.name for n in model.graph.node if n.op_type == "Add"]
+    assert requantized_nodes(model, cfg) == adds and requantized_nodes(model, QuantConfig()) == []
+    result = guarded_quantize(tmp_path / "offset.onnx", tmp_path / "q.onnx", images, cfg, agreement, max_loss=5.0)
+    assert result.steps[0]["loss_points"] > 20  # the Add quantized: most decisions change
+    assert adds[0] in result.float_nodes and result.loss <= 5.0
+    assert {s["float_nodes"] for s in result.steps} >= {2}  # both convs in float were tried first, and were not enough
+    assert next(s for s in result.steps if s["float_nodes"] == 2)["loss_points"] > 5.0
 
 
 # ---------------------------------------------------------------- FlowWarp plugin graphs
