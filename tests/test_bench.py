@@ -104,6 +104,21 @@ def test_a_failing_row_is_reported_and_the_grid_goes_on(tmp_path):
     assert status["64x96"][0] == "ok" and "**error**" in (tmp_path / "out" / "bench.md").read_text()
 
 
+def test_random_weight_int8_rows_measure_latency_whatever_their_agreement(tmp_path):
+    """Random logits are nearly tied, so int8 flips most of a random Segmenter's labels: its row still measures
+    latency (the agreement is shown), where a trained model's int8 stays held to the gates."""
+    from edgeseg.benchmark.bench import benchmark
+
+    doc = benchmark(parse_request("segmenter", None, "ort-cpu", "int8", "64x96", "1"),
+                    Settings(min_time=0, min_runs=1, warmup=0, threads=1, cache=tmp_path / "cache"), tmp_path / "out",
+                    progress=False)
+    (row,) = doc["rows"]
+    assert row["status"] == "ok" and row["latency_median_ms"] > 0 and row["agreement"] < 0.95, row
+    (report,) = (tmp_path / "cache" / "onnx").rglob("int8-*/report.json")
+    check = json.loads(report.read_text())["validation"]["int8"]
+    assert check["argmax_agreement"] < 0.95 and "argmax agreement >= 0.00%" in check["limit"]
+
+
 def test_an_exported_onnx_file_is_benchmarked_as_it_is(tiny_camvid, tmp_path):
     """`--model X.onnx` (what `edgeseg export` wrote, from any source): rows at its own precision on ONNX runtimes,
     parameters and FLOPs from the file, mIoU with --data; PyTorch and other precisions skipped with the reason."""
