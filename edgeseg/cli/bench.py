@@ -20,7 +20,7 @@ def add_arguments(p) -> None:
     p.add_argument("--batch", default="1", help="batch sizes, comma-separated")
     p.add_argument("--data", default=None, help="data folder: mIoU of trained models, int8 calibration and the reference image")
     p.add_argument("--split", default="val", help="split evaluated with --data")
-    p.add_argument("--eval-limit", type=int, default=None, help="evaluate only the first N images")
+    p.add_argument("--eval-limit", type=int, default=None, help="evaluate only the first N images (default: all of the split)")
     p.add_argument("--threads", type=int, default=None, help="CPU threads per runtime (default: the physical cores)")
     p.add_argument("--min-time", type=float, default=3.0, help="measure each row for at least this many seconds")
     p.add_argument("--min-runs", type=int, default=10, help="and at least this many runs")

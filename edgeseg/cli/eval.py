@@ -17,7 +17,7 @@ def add_arguments(p) -> None:
     p.add_argument("--scales", type=float_list, default=None,
                    help="comma-separated TTA scales, e.g. 0.75,1,1.25 (implies --tta)")
     p.add_argument("--backend", default="auto", help="backend: auto (torch for a checkpoint, ort for an .onnx, tensorrt for an engine) or a name of `edgeseg run --help`")
-    p.add_argument("--limit", type=positive_int, default=None, metavar="N", help="evaluate only the first N images")
+    p.add_argument("--limit", type=positive_int, default=None, metavar="N", help="evaluate only the first N images (default: all of the split)")
 
 
 def _predictor(model: str, backend: str):
