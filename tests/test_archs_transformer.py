@@ -114,22 +114,22 @@ def test_semantic_inference_is_the_papers_einsum():
     classes, masks = torch.randn(2, 7, 4 + 1), torch.randn(2, 7, 5, 6) * 3
     got = SemanticInference()((classes, masks))
     ref = torch.einsum("bqc,bqhw->bchw", classes.softmax(-1)[..., :-1], masks.sigmoid())
-    torch.testing.assert_close(got, (ref + 1e-3).log(), rtol=1e-5, atol=1e-5)
-    assert torch.equal(got.argmax(1), ref.argmax(1))
+    torch.testing.assert_close(got, ref.log(), rtol=1e-5, atol=1e-5)
     assert got.shape == (2, 4, 5, 6)
 
 
 def test_semantic_inference_holds_onnx_runtime_to_pytorch_on_near_zero_scores():
-    """Masks far below zero give scores of 1e-6..1e-8, where ONNX Runtime's Sigmoid is exact only to ~1.6e-7
-    absolute: the log of the scores must not magnify that past the export gate (a floor at 1e-6: 0.07)."""
+    """Trained masks sit far below 0: scores of 1e-6..1e-30 decide most pixels, where ONNX Runtime's Sigmoid is
+    exact only to 1.6e-7 absolute (log-scores 0.07 apart from PyTorch's): the head must hold them within 1e-4."""
     torch.manual_seed(0)
-    classes, masks = torch.randn(1, 7, 4 + 1), torch.empty(1, 7, 6, 8).uniform_(-17, -13)
+    classes = torch.randn(1, 7, 4 + 1)
+    masks = torch.cat([torch.empty(1, 7, 3, 8).uniform_(-17, -13), torch.empty(1, 7, 3, 8).uniform_(-70, -20)], 2)
     buf = io.BytesIO()
     torch.onnx.export(SemanticInference(), ((classes, masks),), buf, dynamo=False, input_names=["classes", "masks"])
     got = ort.InferenceSession(buf.getvalue(), providers=ORT_CPU).run(None, {"classes": classes.numpy(),
                                                                             "masks": masks.numpy()})[0]
     ref = SemanticInference()((classes, masks)).numpy()
-    assert np.abs(got - ref).max() < 1e-3
+    assert np.abs(got - ref).max() < 1e-4 and np.array_equal(got.argmax(1), ref.argmax(1))
 
 
 def test_segformer_decoder_is_the_papers_concatenation_and_fuse():
