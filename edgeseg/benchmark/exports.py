@@ -2,8 +2,8 @@
 
 One export per model and precision (and int8 placement), each in its own folder: a precision whose validation
 fails then fails its own rows only. Without --data, the export validates and calibrates on frames of the shipped
-street clip (the random-weight rows measure latency only, so their int8 is not held to an argmax agreement: random
-logits are nearly tied); the int8 accuracy guard runs for trained models with --data.
+street clip (the random-weight rows measure latency only, so their int8 is not held to an argmax agreement, nor their
+fp32 to 99.9 %: random logits are nearly tied); the int8 accuracy guard runs for trained models with --data.
 """
 from __future__ import annotations
 
@@ -26,8 +26,10 @@ def onnx_file(src: Source, precision: str, target: str, data: Path | None, eval_
     else:
         frames = clip_frames(cache)
         options.update(data=str(frames), calib=str(frames), guard=False)
-    if not src.trained:  # random logits are nearly tied: int8 flips them at will, and these rows measure latency only
-        options["gates"] = {"int8_agreement": 0.0}
+    if not src.trained:  # random logits are nearly tied: int8 flips them at will, fp32 rounding a few (99.89 % for a
+        # random SegNet-Basic, whose unpooling switches follow them), and these rows measure latency only; the fp32
+        # difference gate still proves the graph
+        options["gates"] = {"int8_agreement": 0.0, "fp32_agreement": 0.99}
     try:
         rep = export_model(str(src.checkpoint), folder, (precision,), progress=False, **options)
     except PartialExport as e:  # only the FlowWarp graph failed (GridSamples that are not flow warps): the plain one runs
