@@ -297,6 +297,23 @@ def ort_optimized(path) -> onnx.ModelProto:
     return load(so.optimized_model_filepath)
 
 
+SMALL_META = {"input": {"mean": [0.485, 0.456, 0.406], "std": [0.229, 0.224, 0.225], "dtype": "float32",
+                        "layout": "NCHW", "size_divisor": 1}}
+
+
+def _agreement_with(fp32: Path, frames, meta: dict):
+    """An `evaluate` for the guard: the "mIoU" of a graph is its argmax agreement with the fp32 graph's own decisions
+    on `frames` (1.0 for fp32 itself)."""
+    batches = [model_input([f], (96, 128), meta) for f in frames]
+    ref = OrtPredictor(fp32)
+    truth = [ref(x).argmax(1) for x in batches]
+
+    def agreement(path: Path) -> dict:
+        run = OrtPredictor(path)
+        return {"miou": float(np.mean([(run(x).argmax(1) == t).mean() for x, t in zip(batches, truth)]))}
+    return agreement
+
+
 def _small_net_onnx(path: Path, frames) -> dict:
     """A small trained-looking conv net (4 convs) exported like a zoo model."""
     class Small(nn.Module):
@@ -313,8 +330,7 @@ def _small_net_onnx(path: Path, frames) -> dict:
     torch.manual_seed(0)
     model = export_onnx(Deployable(Small().eval()), example_input(64, 96, False))
     onnx.save(model, str(path))
-    return {"input": {"mean": [0.485, 0.456, 0.406], "std": [0.229, 0.224, 0.225], "dtype": "float32", "layout": "NCHW",
-                      "size_divisor": 1}}
+    return SMALL_META
 
 
 @pytest.mark.parametrize("method", ["minmax", "entropy", "percentile"])
@@ -331,14 +347,7 @@ def test_calibration_methods(method, tmp_path, frames, camvid):
 def test_guard_keeps_sensitive_layers_in_float(tmp_path, frames, camvid):
     """Forced to lose almost nothing, the guard leaves the most sensitive layers in float, as few as it can."""
     meta = _small_net_onnx(tmp_path / "small.onnx", frames)
-    fp32 = OrtPredictor(tmp_path / "small.onnx")
-    batches = [model_input([f], (96, 128), meta) for f in frames]
-    truth = [fp32(x).argmax(1) for x in batches]
-
-    def agreement(path: Path) -> dict:  # "mIoU" against the fp32 model's own decisions: 1.0 for fp32 itself
-        run = OrtPredictor(path)
-        return {"miou": float(np.mean([(run(x).argmax(1) == t).mean() for x, t in zip(batches, truth)]))}
-
+    agreement = _agreement_with(tmp_path / "small.onnx", frames, meta)
     images = CalibrationImages(image_files(camvid, "train")[:2], meta)
     cfg = QuantConfig(method="minmax")
     first = guarded_quantize(tmp_path / "small.onnx", tmp_path / "q.onnx", images, cfg, agreement, max_loss=100.0)
@@ -376,16 +385,8 @@ def test_guard_ranks_the_cpu_forms_requantized_adds_when_every_conv_in_float_is_
 
     torch.manual_seed(0)
     onnx.save(export_onnx(Deployable(Offset().eval()), example_input(64, 96, False)), str(tmp_path / "offset.onnx"))
-    meta = {"input": {"mean": [0.485, 0.456, 0.406], "std": [0.229, 0.224, 0.225], "dtype": "float32",
-                      "layout": "NCHW", "size_divisor": 1}}
-    batches = [model_input([f], (96, 128), meta) for f in frames]
-    truth = [OrtPredictor(tmp_path / "offset.onnx")(x).argmax(1) for x in batches]
-
-    def agreement(path: Path) -> dict:
-        run = OrtPredictor(path)
-        return {"miou": float(np.mean([(run(x).argmax(1) == t).mean() for x, t in zip(batches, truth)]))}
-
-    images = CalibrationImages(image_files(camvid, "train")[:2], meta)
+    agreement = _agreement_with(tmp_path / "offset.onnx", frames, SMALL_META)
+    images = CalibrationImages(image_files(camvid, "train")[:2], SMALL_META)
     cfg = QuantConfig(method="minmax", target="cpu")
     model = load(tmp_path / "offset.onnx")
     adds = [n.name for n in model.graph.node if n.op_type == "Add"]
