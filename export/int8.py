@@ -51,6 +51,7 @@ class QuantConfig:
     target: str = "tensorrt"
     per_channel: bool = True
     attention: bool = False  # quantize products of two activations too (see float_matmuls)
+    fallback: str | None = None  # why calibration fell back to min/max ranges (then `method` is "minmax")
 
     def __post_init__(self):
         if self.method not in CALIB_METHODS:
@@ -200,6 +201,15 @@ def quantize(fp32: Path, out: Path, images: CalibrationImages, cfg: QuantConfig,
                             nodes_to_exclude=list(exclude) + kept_float(model, cfg),
                             calibrate_method=method,
                             extra_options=options, calibration_cache_path=str(cache) if cache else None)
+    except MemoryError as e:
+        if cfg.method == "minmax":
+            raise EdgesegError(f"INT8 calibration of {fp32} ran out of memory; pass fewer --calib-images") from None
+        # ONNX Runtime's histogram keeps the bin width of a tensor's first calibration pass and adds bins up to later
+        # maxima: a tensor near zero in the first images and large later asks for terabytes. Min/max needs no bins.
+        cfg.fallback = (f"{cfg.method} calibration ran out of memory in ONNX Runtime's histogram "
+                        f"({str(e).split(' for ')[0]}); min/max ranges instead")
+        cfg.method = "minmax"
+        return quantize(fp32, out, images, cfg, exclude=exclude, only=only, cache=cache)
     except EdgesegError:
         raise
     except Exception as e:  # onnxruntime.quantization raises ValueError / RuntimeError / ORT errors
@@ -358,5 +368,7 @@ def calibration_summary(images: CalibrationImages, cfg: QuantConfig, folder: Pat
            "target": cfg.target, "per_channel_weights": cfg.per_channel}
     if cfg.method == "percentile":
         out["percentile"] = cfg.percentile
+    if cfg.fallback:
+        out["fallback"] = cfg.fallback
     return out
 

@@ -61,7 +61,8 @@ def to_markdown(rep: dict) -> str:
         lines += ["## INT8", ""] + ([f"- Q/DQ form chosen: **{t['form']}** ({t['why']})"] if t else []) + [
                   f"- calibration: {c['images']} images from `{c['folder']}`, method {c['method']}"
                   + (f" ({c['percentile']} percentile)" if "percentile" in c else "")
-                  + f", sizes {', '.join(f'{h}x{w}' for h, w in c['sizes'])}",
+                  + f", sizes {', '.join(f'{h}x{w}' for h, w in c['sizes'])}"
+                  + (f" (fallback: {c['fallback']})" if "fallback" in c else ""),
                   (f"- Q/DQ form: {c['target']} (per-channel weights: {c['per_channel_weights']}); "
                    f"kept in float by design: the pooling products {', '.join(q['float_by_design']) or '(none)'} and "
                    f"{q.get('size_dependent_float', 0)} nodes of size-dependent arithmetic (flow-warp grids, "

@@ -344,6 +344,35 @@ def test_calibration_methods(method, tmp_path, frames, camvid):
     assert op_counts(load(q))["DequantizeLinear"] >= 8  # 4 convs: activation and weight each
 
 
+def test_histogram_calibration_that_runs_out_of_memory_falls_back_to_min_max(tmp_path):
+    """A tensor near zero in the first calibration pass and large later: ONNX Runtime's histogram keeps the first
+    pass's bin width (x^4 of pixels up to 1/255: 1e-13) and would grow to terabytes of bins for pixels up to 1."""
+    class Fourth(nn.Module):
+        num_classes = 11
+
+        def __init__(self):
+            super().__init__()
+            self.conv = nn.Conv2d(3, 11, 1)
+
+        def forward(self, x):
+            return self.conv((x * x) * (x * x))
+
+    torch.manual_seed(0)
+    onnx.save(export_onnx(Deployable(Fourth().eval()), example_input(64, 96, False)), str(tmp_path / "fourth.onnx"))
+    meta = {"input": {**SMALL_META["input"], "mean": [0.0] * 3, "std": [1.0] * 3}}
+    rng = np.random.default_rng(0)
+    files = []
+    for i, top in enumerate([1, 1, 1, 1, 255, 255, 255, 255]):  # passes of 4 images: dark, then bright
+        files.append(tmp_path / f"{i}.png")
+        cv2.imwrite(str(files[-1]), rng.integers(0, top + 1, (64, 96, 3), dtype=np.uint8))
+    cfg = QuantConfig(method="percentile")
+    q = quantize(tmp_path / "fourth.onnx", tmp_path / "q.onnx", CalibrationImages(files, meta), cfg)
+    assert cfg.method == "minmax" and "ran out of memory" in cfg.fallback
+    x = model_input([read_image(files[-1])], (64, 96), meta)
+    want, got = OrtPredictor(tmp_path / "fourth.onnx")(x), OrtPredictor(q)(x)
+    assert np.abs(got - want).max() < 0.05 * np.abs(want).max()  # ranges from every image, the bright ones too
+
+
 def test_guard_keeps_sensitive_layers_in_float(tmp_path, frames, camvid):
     """Forced to lose almost nothing, the guard leaves the most sensitive layers in float, as few as it can."""
     meta = _small_net_onnx(tmp_path / "small.onnx", frames)

@@ -42,8 +42,7 @@ class INT8(Pass):
         o, cfg, gates = ctx.o, self.cfg, ctx.gates
         path = ctx.stage_dir / "int8-quantized.onnx"
         target, why = ctx.int8_target
-        info = {"calibration": calibration_summary(self.calib, cfg, self.folder),
-                "target": {"requested": o.int8_target, "form": target, "why": why},
+        info = {"target": {"requested": o.int8_target, "form": target, "why": why},
                 "float_by_design": float_matmuls(ctx.models["fp32"]),
                 "size_dependent_float": len(size_dependent_nodes(ctx.models["fp32"]))}
         ctx.rep["int8"] = info
@@ -60,6 +59,9 @@ class INT8(Pass):
                           f"{len(result.float_nodes)} layers in float")
         else:
             quantize(ctx.files["fp32"], path, self.calib, cfg)
+        info["calibration"] = calibration_summary(self.calib, cfg, self.folder)  # the method that ran
+        if cfg.fallback:
+            ctx.log(f"warning: {cfg.fallback}")
         meta = {"quantization": {"format": "QDQ", "target": target, "method": cfg.method,
                                  "float_nodes": info.get("guard", {}).get("float_nodes", [])}}
         return [Output("int8", onnx.load(str(path)), "int8", "fp32", decided_by=decided_by, meta=meta,
