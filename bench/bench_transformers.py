@@ -5,7 +5,9 @@ For each architecture (random weights, seed 0, CamVid's 11 classes) exports thro
 weights have no mIoU to keep; the export leaves the attention MatMuls float: those whose two operands are both
 activations, q.k^T, softmax.v, mask embeddings . pixels, class probabilities . masks), then writes a second int8
 graph with those quantized too (`QuantConfig.attention`), to measure whether they pay. All forms are timed at 360x480 on one CamVid val frame in turns
-(--threads intra-op threads, median of >= --runs after --warmup), with argmax agreement against fp32 there.
+(--threads intra-op threads, median of >= --runs after --warmup), with argmax agreement against fp32 there. A second
+table splits fp32's and int8's time by kernel group (matrix products, Q/DQ, Resize, norms, Softmax, layout), from
+ONNX Runtime's profiler: what int8 can speed up and what it cannot.
 
     python bench/bench_transformers.py [--arch segformer,setr,segmenter,maskformer,mask2former] [--threads 2] [--out FILE]
 """
@@ -13,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import io
+import json
 import statistics
 import time
 import warnings
@@ -25,6 +28,7 @@ import onnxslim
 import torch
 
 from edgeseg.benchmark.flops import count_flops, count_params
+from edgeseg.benchmark.machine import cpu_line
 from edgeseg.data import CAMVID, read_image
 from edgeseg.errors import EdgesegError
 from edgeseg.export import export_model
@@ -49,12 +53,43 @@ def fixed_size_gflop(model: torch.nn.Module) -> float:
     return count_flops(onnxslim.slim(onnx.load_from_string(buf.getvalue())), (1, 3, *SIZE))["total"] / 1e9
 
 
-def session(path: Path, threads: int):
+# ONNX Runtime kernels by what they spend time on (ORT's fused and quantized forms included)
+OP_GROUPS = {
+    "matrix products": {"Conv", "FusedConv", "NchwcConv", "MatMul", "FusedMatMul", "Gemm", "QLinearConv",
+                        "QLinearMatMul", "MatMulIntegerToFloat", "MatMulInteger", "ConvInteger", "QGemm"},
+    "Q/DQ": {"QuantizeLinear", "DequantizeLinear"},
+    "Resize": {"Resize"},
+    "norms": {"LayerNormalization", "BatchNormalization", "SimplifiedLayerNormalization"},
+    "Softmax": {"Softmax", "QLinearSoftmax"},
+    "layout": {"Transpose", "ReorderInput", "ReorderOutput"},
+}
+
+
+def session(path: Path, threads: int, profile: Path | None = None):
     so = ort.SessionOptions()
     so.intra_op_num_threads, so.inter_op_num_threads = threads, 1
+    if profile:
+        so.enable_profiling, so.profile_file_prefix = True, str(profile)
     sess = ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"])
     name = sess.get_inputs()[0].name
-    return lambda x: sess.run(None, {name: x})[0]
+    run = lambda x: sess.run(None, {name: x})[0]  # noqa: E731
+    run.session = sess
+    return run
+
+
+def op_groups(path: Path, x: np.ndarray, threads: int, runs: int) -> dict[str, float]:
+    """ms per run in each OP_GROUPS group (and "other"), from ONNX Runtime's profiler over `runs` runs after one."""
+    run = session(path, threads, profile=path.with_suffix(""))
+    for _ in range(runs + 1):
+        run(x)
+    events = json.loads(Path(run.session.end_profiling()).read_text())
+    group = {op: g for g, ops in OP_GROUPS.items() for op in ops}
+    totals: dict[str, float] = dict.fromkeys([*OP_GROUPS, "other"], 0.0)
+    first = min((e for e in events if e.get("name") == "model_run"), key=lambda e: e["ts"])  # untimed
+    for e in events:
+        if e.get("cat") == "Node" and e["name"].endswith("_kernel_time") and e["ts"] > first["ts"] + first["dur"]:
+            totals[group.get(e["args"]["op_name"], "other")] += e["dur"] / 1000 / runs
+    return totals
 
 
 def timed(fns: list, x: np.ndarray, warmup: int, runs: int, block: int = 4) -> list[float]:
@@ -91,11 +126,16 @@ def main() -> None:
     work = Path(args.work)
     frame = read_image(image_files(args.data, "val")[0])
     calib = pick(image_files(args.data, "train"), args.calib_images)
-    lines = [(f"ONNX Runtime CPU, {args.threads} threads, {SIZE[0]}x{SIZE[1]}, batch 1, random weights, median ms of "
+    lines = [(f"ONNX Runtime CPU ({cpu_line()}), {args.threads} threads, {SIZE[0]}x{SIZE[1]}, batch 1, random weights, "
+              f"median ms of "
              f">= {args.runs} runs; int8: cpu Q/DQ form, {args.calib_images} calibration images"), "",
              ("| arch | params M | GFLOP | fp32 ms | int8 ms | int8 speed-up | int8 agreement % "
              "| int8, attention MatMuls int8 too: ms | speed-up | agreement % |"),
              "|---|--:|--:|--:|--:|--:|--:|--:|--:|--:|"]
+    groups = [*OP_GROUPS, "other"]
+    split = ["", f"Where the time goes: ms per run by kernel group, from ONNX Runtime's profiler ({args.runs} runs; the "
+                 "profiler's own cost included, so totals exceed the medians above)", "",
+             f"| arch | form | {' | '.join(groups)} | total |", "|---|---|" + "--:|" * (len(groups) + 1)]
     for arch in args.arch.split(","):
         torch.manual_seed(0)
         model = create(arch, CAMVID.num_classes).eval()
@@ -117,6 +157,11 @@ def main() -> None:
         lines.append(f"| {arch} | {count_params(graph) / 1e6:.2f} | {gflop:.1f} | {ms[0]:.1f} | {ms[1]:.1f} | "
                      f"{ms[0] / ms[1]:.2f} | {agree[0]:.1f} | {ms[2]:.1f} | {ms[0] / ms[2]:.2f} | {agree[1]:.1f} |")
         print(lines[-1], f"({attention} attention MatMuls)", flush=True)
+        for form, path in (("fp32", fp32), ("int8", int8)):
+            ms_by = op_groups(path, x, args.threads, args.runs)
+            split.append(f"| {arch} | {form} | " + " | ".join(f"{ms_by[g]:.1f}" for g in groups)
+                         + f" | {sum(ms_by.values()):.1f} |")
+    lines += split
     print("\n".join(lines))
     if args.out:
         write_text(Path(args.out), "\n".join(lines) + "\n")
