@@ -134,7 +134,7 @@ def _copy_matching(target: nn.Module, state: dict[str, torch.Tensor], skip: tupl
     own = target.state_dict()
     accepted = {}
     for k, v in state.items():
-        if skip and k.startswith(skip):
+        if k.startswith(skip):
             report.skipped.append(k)
         elif k not in own:
             report.unexpected.append(k)
