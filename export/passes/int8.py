@@ -42,24 +42,27 @@ class INT8(Pass):
         o, cfg, gates = ctx.o, self.cfg, ctx.gates
         path = ctx.stage_dir / "int8-quantized.onnx"
         target, why = ctx.int8_target
-        info = {"target": {"requested": o.int8_target, "form": target, "why": why},
+        info = {"calibration": calibration_summary(self.calib, cfg, self.folder),
+                "target": {"requested": o.int8_target, "form": target, "why": why},
                 "float_by_design": float_matmuls(ctx.models["fp32"]),
                 "size_dependent_float": len(size_dependent_nodes(ctx.models["fp32"]))}
         ctx.rep["int8"] = info
         ctx.log(f"fp32 -> int8 Q/DQ ({target} form: {why}; {cfg.method} calibration on {len(self.calib)} images)")
         decided_by = None
-        if o.guard:
-            result = guarded_quantize(ctx.files["fp32"], path, self.calib, cfg, lambda p: ctx.miou(p, self.dataset),
-                                      max_loss=gates.int8_max_loss, progress=ctx.progress)
-            info["guard"] = result.to_dict()
-            ctx.guard_metrics.update(fp32=result.fp32, int8=result.int8)
-            ctx.log(f"int8 guard: fp32 {100 * result.fp32_miou:.2f} -> int8 {100 * result.int8_miou:.2f} mIoU, "
-                    f"{len(result.float_nodes)} layers left in float")
-            decided_by = (f"mIoU guard: loss {result.loss:.2f} <= {gates.int8_max_loss:g} points with "
-                          f"{len(result.float_nodes)} layers in float")
-        else:
-            quantize(ctx.files["fp32"], path, self.calib, cfg)
-        info["calibration"] = calibration_summary(self.calib, cfg, self.folder)  # the method that ran
+        try:
+            if o.guard:
+                result = guarded_quantize(ctx.files["fp32"], path, self.calib, cfg, lambda p: ctx.miou(p, self.dataset),
+                                          max_loss=gates.int8_max_loss, progress=ctx.progress)
+                info["guard"] = result.to_dict()
+                ctx.guard_metrics.update(fp32=result.fp32, int8=result.int8)
+                ctx.log(f"int8 guard: fp32 {100 * result.fp32_miou:.2f} -> int8 {100 * result.int8_miou:.2f} mIoU, "
+                        f"{len(result.float_nodes)} layers left in float")
+                decided_by = (f"mIoU guard: loss {result.loss:.2f} <= {gates.int8_max_loss:g} points with "
+                              f"{len(result.float_nodes)} layers in float")
+            else:
+                quantize(ctx.files["fp32"], path, self.calib, cfg)
+        finally:  # the calibration that ran (min/max where a histogram ran out of memory), in a failed pass's report too
+            info["calibration"] = calibration_summary(self.calib, cfg, self.folder)
         if cfg.fallback:
             ctx.log(f"warning: {cfg.fallback}")
         meta = {"quantization": {"format": "QDQ", "target": target, "method": cfg.method,
