@@ -65,24 +65,27 @@ OP_GROUPS = {
 }
 
 
-def session(path: Path, threads: int, profile: Path | None = None):
+def ort_session(path: Path, threads: int, profile: Path | None = None) -> ort.InferenceSession:
     so = ort.SessionOptions()
     so.intra_op_num_threads, so.inter_op_num_threads = threads, 1
     if profile:
         so.enable_profiling, so.profile_file_prefix = True, str(profile)
-    sess = ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"])
+    return ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"])
+
+
+def session(path: Path, threads: int):
+    sess = ort_session(path, threads)
     name = sess.get_inputs()[0].name
-    run = lambda x: sess.run(None, {name: x})[0]  # noqa: E731
-    run.session = sess
-    return run
+    return lambda x: sess.run(None, {name: x})[0]
 
 
 def op_groups(path: Path, x: np.ndarray, threads: int, runs: int) -> dict[str, float]:
     """ms per run in each OP_GROUPS group (and "other"), from ONNX Runtime's profiler over `runs` runs after one."""
-    run = session(path, threads, profile=path.with_suffix(""))
+    sess = ort_session(path, threads, profile=path.with_suffix(""))
+    feed = {sess.get_inputs()[0].name: x}
     for _ in range(runs + 1):
-        run(x)
-    events = json.loads(Path(run.session.end_profiling()).read_text())
+        sess.run(None, feed)
+    events = json.loads(Path(sess.end_profiling()).read_text())
     group = {op: g for g, ops in OP_GROUPS.items() for op in ops}
     totals: dict[str, float] = dict.fromkeys([*OP_GROUPS, "other"], 0.0)
     first = min((e for e in events if e.get("name") == "model_run"), key=lambda e: e["ts"])  # untimed
