@@ -79,7 +79,7 @@ def test_model_size_and_side_by_side_output(model, video, tmp_path):
 
 def test_latest_frame_policy_drops_stale_frames_and_counts_them(model, frames, tmp_path):
     clip = write_video(tmp_path / "long.avi", frames * 5)  # 40 frames delivered at 1000 FPS, faster than inference
-    s = _run(model[0], clip, source_kw={"rate": 1000}, policy="latest")
+    s = _run(model[0], clip, source_kw={"rate": 1000}, policy="latest", size=(256, 384))  # slow on any CPU
     assert s["live"] and s["dropped"] > 0 and s["frames"] + s["dropped"] == 40
     s = _run(model[0], clip, source_kw={"rate": 1000}, policy="all")
     assert not s["live"] and (s["frames"], s["dropped"]) == (40, 0)
