@@ -114,15 +114,13 @@ def load_trained(model: nn.Module, name_or_path: str) -> LoadReport:
     stays as initialised (reported as a shape mismatch)."""
     from edgeseg.models import checkpoint
 
-    path = checkpoint.resolve(name_or_path)
-    rec = checkpoint.load_record(name_or_path)
+    trained, rec = checkpoint.load_model(name_or_path)  # float32, whatever precision the file stores
     arch = getattr(model, "arch", type(model).__name__)
     if rec["arch"] != arch:
         raise EdgesegError(f"--init {name_or_path}: a trained {rec['arch']}, not {arch}; train --arch {rec['arch']}, "
                            f"or start {arch}'s encoder from it with --pretrained")
-    state = checkpoint.build_model(rec, str(path)).state_dict()  # float32, whatever precision the file stores
-    report = LoadReport(str(path), f"{arch} (whole network)", len(model.state_dict()))
-    if not _copy_matching(model, state, (), report):
+    report = LoadReport(str(checkpoint.resolve(name_or_path)), f"{arch} (whole network)", len(model.state_dict()))
+    if not _copy_matching(model, trained.state_dict(), (), report):
         raise EdgesegError(f"--init {name_or_path}: none of its tensors fits {arch} with these --opt options; "
                            f"give the options it was trained with ({rec['hparams']})")
     return report
