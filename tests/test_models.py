@@ -19,8 +19,10 @@ from edgeseg.models import available, checkpoint, create
 from edgeseg.models.backbones import BACKBONES, create_backbone
 from edgeseg.models.backbones.mit import MixTransformer
 from edgeseg.models.backbones.mobilenetv2 import MobileNetV2
+from edgeseg.models.base import SetPrediction
 from edgeseg.models.layers import adaptive_avg_pool2d
 from edgeseg.models.pretrained import load_pretrained
+from edgeseg.train.losses import training_loss
 
 pytestmark = pytest.mark.filterwarnings("ignore:You are using the legacy TorchScript-based ONNX export",
                                         "ignore:The feature will be removed")
@@ -90,17 +92,17 @@ def test_forward_backward(arch):
     torch.manual_seed(0)
     model = create(arch, NUM_CLASSES).train()
     x = torch.randn(2, 3, *valid(model, 64, 96))
+    target = torch.randint(0, NUM_CLASSES, (2, *x.shape[-2:]))
     out = model(x)
-    if model.aux_head is not None:
+    if isinstance(out, SetPrediction):  # mask classification: every decoder layer's classes and masks
+        assert out.classes.shape[-1] == NUM_CLASSES + 1 and out.masks.shape[:2] == out.classes.shape[:2]
+        assert out.aux and all(c.shape == out.classes.shape and m.shape == out.masks.shape for c, m in out.aux)
+    elif model.aux_head is not None:
         assert isinstance(out, tuple) and len(out) == 2
-        logits, aux = out
-        assert aux.shape == logits.shape
-        loss = F.cross_entropy(logits, torch.randint(0, NUM_CLASSES, (2, *x.shape[-2:]))) + aux.square().mean()
+        assert out[1].shape == out[0].shape == (2, NUM_CLASSES, *x.shape[-2:])
     else:
-        logits = out
-        loss = F.cross_entropy(logits, torch.randint(0, NUM_CLASSES, (2, *x.shape[-2:])))
-    assert logits.shape == (2, NUM_CLASSES, *x.shape[-2:])
-    loss.backward()
+        assert out.shape == (2, NUM_CLASSES, *x.shape[-2:])
+    training_loss(model, out, target, ignore_index=255).backward()
     grad = first_conv(model).weight.grad
     assert grad is not None and grad.abs().sum() > 0
     unused = [n for n, p in model.named_parameters() if p.grad is None]

@@ -1,6 +1,8 @@
 """The contract every zoo model follows: encoder -> decoder -> head, logits at input resolution."""
 from __future__ import annotations
 
+from dataclasses import dataclass, field
+
 import torch
 import torch.nn as nn
 
@@ -8,12 +10,24 @@ from edgeseg.errors import EdgesegError
 from edgeseg.models.layers import resize_to
 
 
+@dataclass
+class SetPrediction:
+    """What a mask-classification model (MaskFormer, Mask2Former) returns in training, for the matching loss:
+    class logits [B, Q, K+1] (the last: "no object"), mask logits [B, Q, h, w], and the same pair from each
+    earlier decoder layer (deep supervision)."""
+
+    classes: torch.Tensor
+    masks: torch.Tensor
+    aux: list = field(default_factory=list)
+
+
 def _exporting() -> bool:
     return torch.jit.is_tracing() or torch.compiler.is_exporting()
 
 
 class SegModel(nn.Module):
-    """`forward(images [N,3,H,W] normalised RGB) -> logits [N,C,H,W]`; in training, also the aux logits.
+    """`forward(images [N,3,H,W] normalised RGB) -> logits [N,C,H,W]`; in training, also the aux logits, or,
+    where the decoder returns a SetPrediction in training (mask classification), that.
 
     Subclasses set `encoder` (image -> list of features, fine to coarse), `decoder` (features -> map),
     `head` (map -> class scores) and optionally `aux_head` on `encoder` output `aux_index`.
@@ -56,7 +70,10 @@ class SegModel(nn.Module):
         if not _exporting():
             self.check_input(images)
         feats = self.encoder(images)
-        logits = resize_to(self.head(self.decoder(feats)), images)
+        out = self.decoder(feats)
+        if isinstance(out, SetPrediction):
+            return out
+        logits = resize_to(self.head(out), images)
         if self.training and self.aux_head is not None:
             return logits, resize_to(self.aux_head(feats[self.aux_index]), images)
         return logits

@@ -25,7 +25,7 @@ from edgeseg.fileio import remove_stale_temporaries, write_text
 from edgeseg.models import checkpoint, create
 from edgeseg.progress import on_terminal, progress_bar
 from edgeseg.runtime.backends.pytorch import TorchBackend
-from edgeseg.train.losses import median_frequency_weights, seg_loss
+from edgeseg.train.losses import median_frequency_weights, training_loss
 from edgeseg.train.schedule import poly_lr
 
 
@@ -271,11 +271,7 @@ def train(cfg: TrainConfig, resume: bool = False, given: dict | None = None) -> 
             if cfg.channels_last:
                 x = x.contiguous(memory_format=torch.channels_last)
             with _autocast(device, cfg.amp):
-                out_ = net(x)
-                logits, aux = out_ if isinstance(out_, tuple) else (out_, None)
-                loss = seg_loss(logits, y, classes.ignore_index, weight, cfg.ohem)
-                if aux is not None:
-                    loss = loss + model.aux_weight * seg_loss(aux, y, classes.ignore_index, weight, cfg.ohem)
+                loss = training_loss(model, net(x), y, classes.ignore_index, weight, cfg.ohem)
             if not torch.isfinite(loss):
                 raise EdgesegError(f"loss became {loss.item()} at epoch {epoch + 1}, step {it}; lower --lr (now {cfg.lr})")
             opt.zero_grad(set_to_none=True)

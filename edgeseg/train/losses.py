@@ -1,9 +1,14 @@
-"""Segmentation losses: cross-entropy with ignore index, class weights and optional OHEM."""
+"""Segmentation losses: cross-entropy with ignore index, class weights and optional OHEM; what a model's training
+output is trained with."""
 from __future__ import annotations
 
 import numpy as np
 import torch
 import torch.nn.functional as F
+
+from edgeseg.errors import EdgesegError
+from edgeseg.models.base import SetPrediction
+from edgeseg.train.set_loss import set_loss
 
 
 def seg_loss(logits: torch.Tensor, target: torch.Tensor, ignore_index: int, weight: torch.Tensor | None = None,
@@ -20,6 +25,21 @@ def seg_loss(logits: torch.Tensor, target: torch.Tensor, ignore_index: int, weig
         return logits.sum() * 0
     kept = max(int((pixel > -np.log(ohem_thresh)).sum()), min(ohem_min_kept, pixel.numel()))
     return pixel.topk(kept).values.mean()
+
+
+def training_loss(model, out, target: torch.Tensor, ignore_index: int, weight: torch.Tensor | None = None,
+                  ohem_thresh: float | None = None) -> torch.Tensor:
+    """The loss of a model's training output: logits, (logits, aux logits) or a SetPrediction."""
+    if isinstance(out, SetPrediction):
+        if ohem_thresh is not None:
+            raise EdgesegError(f"--ohem: {model.arch} is trained with the matching loss, which has no per-pixel "
+                               f"hard-example mining; drop --ohem")
+        return set_loss(out, target, ignore_index, weight)
+    logits, aux = out if isinstance(out, tuple) else (out, None)
+    loss = seg_loss(logits, target, ignore_index, weight, ohem_thresh)
+    if aux is not None:
+        loss = loss + model.aux_weight * seg_loss(aux, target, ignore_index, weight, ohem_thresh)
+    return loss
 
 
 def median_frequency_weights(dataset, num_classes: int, ignore_index: int) -> np.ndarray:

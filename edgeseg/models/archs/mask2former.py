@@ -11,8 +11,8 @@ Default: ResNet-18, width 128, 100 queries, 9 decoder layers, 3 deformable encod
   layer before, resized to the level attended), then self-attention and an FFN, over the levels /32, /16,
   /8 in turn. The mask is an additive float bias (no boolean attention mask in the graph), and a query whose
   predicted mask is empty at a level attends everywhere, as the paper's code does.
-Semantic inference, the training loss (per-pixel, on the semantic output) and BatchNorm in place of GroupNorm
-as in `maskformer.py`; the per-layer auxiliary mask losses are not used.
+Semantic inference, training (the matching loss on the prediction before the first layer and after each) and
+BatchNorm in place of GroupNorm as in `maskformer.py`.
 """
 from __future__ import annotations
 
@@ -31,7 +31,7 @@ from edgeseg.models.attention import (
     sine_position_embedding,
 )
 from edgeseg.models.backbones import create_backbone
-from edgeseg.models.base import SegModel
+from edgeseg.models.base import SegModel, SetPrediction
 from edgeseg.models.layers import ConvBNReLU, base_coords, flow_warp, resize_to
 from edgeseg.models.registry import register
 
@@ -104,21 +104,21 @@ class MSDeformAttn(nn.Module):
 
 
 class DeformEncoderLayer(nn.Module):
-    def __init__(self, dim: int, levels: int, heads: int, points: int, ffn: int, dropout: float = 0.1,
-                 sampler: str = "gridsample"):
+    """Post-norm deformable self-attention and FFN, without dropout (the paper's setting)."""
+
+    def __init__(self, dim: int, levels: int, heads: int, points: int, ffn: int, sampler: str = "gridsample"):
         super().__init__()
         self.attn = MSDeformAttn(dim, levels, heads, points, sampler)
         self.norm1, self.norm2 = nn.LayerNorm(dim), nn.LayerNorm(dim)
-        self.ffn = FeedForward(dim, ffn, dropout)
-        self.drop = nn.Dropout(dropout)
+        self.ffn = FeedForward(dim, ffn)
 
     def forward(self, x, pos, ref, sizes):
         maps, start = [], 0
         for h, w in sizes:  # the value maps are this layer's input, level by level
             maps.append(x[:, start:start + h * w].transpose(1, 2).reshape(x.shape[0], x.shape[2], h, w))
             start = start + h * w
-        x = self.norm1(x + self.drop(self.attn(x + pos, ref, maps)))
-        return self.norm2(x + self.drop(self.ffn(x)))
+        x = self.norm1(x + self.attn(x + pos, ref, maps))
+        return self.norm2(x + self.ffn(x))
 
 
 class MSDeformAttnPixelDecoder(nn.Module):
@@ -190,8 +190,10 @@ class MaskedTransformerDecoder(nn.Module):
         self.class_embed = nn.Linear(dim, num_classes + 1)
         self.mask_embed = MLP(dim, dim, mask_dim)
 
-    def _masks(self, x, pixels):
-        return mask_logits(self.mask_embed(self.norm(x)), pixels)
+    def _predict(self, x, pixels, classes: bool):
+        """(class logits or None, mask logits): class logits only where used (the loss, the last layer)."""
+        x = self.norm(x)
+        return self.class_embed(x) if classes else None, mask_logits(self.mask_embed(x), pixels)
 
     def forward(self, pixels, maps):
         levels = len(maps)
@@ -201,12 +203,12 @@ class MaskedTransformerDecoder(nn.Module):
         b = pixels.shape[0]
         x = self.query_feat[None].expand(b, -1, -1)
         query_pos = self.query_embed[None].expand(b, -1, -1)
-        masks = self._masks(x, pixels)
+        preds = [self._predict(x, pixels, self.training)]
         for i, layer in enumerate(self.layers):
             lvl = i % levels
-            x = layer(x, query_pos, memory[lvl], pos[lvl], attention_bias(masks, maps[lvl]))
-            masks = self._masks(x, pixels)
-        return self.class_embed(self.norm(x)), masks
+            x = layer(x, query_pos, memory[lvl], pos[lvl], attention_bias(preds[-1][1], maps[lvl]))
+            preds.append(self._predict(x, pixels, self.training or i == len(self.layers) - 1))
+        return SetPrediction(*preds[-1], aux=preds[:-1]) if self.training else preds[-1]
 
 
 class Mask2FormerDecoder(nn.Module):

@@ -6,9 +6,8 @@ transformer decoder turns N learned queries, attending to the backbone's /32 map
 Semantic inference (the paper's): scores = einsum("bqc,bqhw->bchw", softmax(classes)[..., :-1], sigmoid(masks)),
 computed as two MatMuls (which quantise and which TensorRT fuses), at /4 and then upsampled. The model returns
 log(scores), so that a softmax over it gives the scores normalised per pixel and argmax is unchanged.
-Training: the paper's loss matches queries to ground-truth segments (Hungarian matching) and supervises
-classes and masks; for semantic segmentation it is acceptable and common to train the semantic output (the
-einsum) with the usual per-pixel cross-entropy instead, which is what `edgeseg train` does with this model.
+Training: in train mode the decoder returns the set prediction of every decoder layer (SetPrediction), which
+`edgeseg train` supervises with the papers' matching loss (edgeseg/train/set_loss.py).
 Normalisations are BatchNorm (folded into the convolutions at export) where the paper uses GroupNorm.
 """
 from __future__ import annotations
@@ -23,7 +22,7 @@ from edgeseg.models.attention import (
     sine_position_embedding,
 )
 from edgeseg.models.backbones import create_backbone
-from edgeseg.models.base import SegModel
+from edgeseg.models.base import SegModel, SetPrediction
 from edgeseg.models.layers import ConvBNReLU, resize_to
 from edgeseg.models.registry import register
 
@@ -80,20 +79,23 @@ class FPNPixelDecoder(nn.Module):
 
 
 class DETRDecoderLayer(nn.Module):
-    """Post-norm: self-attention among the queries, cross-attention to the image, FFN."""
+    """Post-norm: self-attention among the queries, cross-attention to the image, FFN. No dropout (the paper has
+    0.1, Mask2Former 0): the queries start from zero, so the first self-attention's output is one vector for all
+    of them, and dropout on it made them differ in training only; a 5-epoch CamVid run with it labelled 89 % of
+    training-crop pixels right with dropout on and 16 % in eval, and the same recipe without it reached 48 % val
+    mIoU."""
 
-    def __init__(self, dim: int, heads: int, ffn: int, dropout: float = 0.1):
+    def __init__(self, dim: int, heads: int, ffn: int):
         super().__init__()
         self.self_attn, self.cross_attn = MultiheadAttention(dim, heads), MultiheadAttention(dim, heads)
-        self.ffn = FeedForward(dim, ffn, dropout)
+        self.ffn = FeedForward(dim, ffn)
         self.norm1, self.norm2, self.norm3 = nn.LayerNorm(dim), nn.LayerNorm(dim), nn.LayerNorm(dim)
-        self.drop = nn.Dropout(dropout)
 
     def forward(self, x, memory, query_pos, pos):
         q = x + query_pos
-        x = self.norm1(x + self.drop(self.self_attn(q, q, x)))
-        x = self.norm2(x + self.drop(self.cross_attn(x + query_pos, memory + pos, memory)))
-        return self.norm3(x + self.drop(self.ffn(x)))
+        x = self.norm1(x + self.self_attn(q, q, x))
+        x = self.norm2(x + self.cross_attn(x + query_pos, memory + pos, memory))
+        return self.norm3(x + self.ffn(x))
 
 
 class MaskFormerDecoder(nn.Module):
@@ -118,8 +120,14 @@ class MaskFormerDecoder(nn.Module):
         memory = src.flatten(2).transpose(1, 2)
         query_pos = self.query_embed[None].expand(src.shape[0], -1, -1)
         x = torch.zeros_like(query_pos)  # DETR starts from zero targets; the queries are positions
+        preds = []
         for layer in self.layers:
             x = layer(x, memory, query_pos, pos)
+            if self.training:  # every layer's prediction is supervised
+                preds.append(self._predict(x, pixels))
+        return SetPrediction(*preds[-1], aux=preds[:-1]) if self.training else self._predict(x, pixels)
+
+    def _predict(self, x, pixels):
         x = self.norm(x)
         return self.class_embed(x), mask_logits(self.mask_embed(x), pixels)
 
