@@ -4,9 +4,10 @@ Placement for TensorRT (strongly typed, TensorRT >= 10): symmetric int8 Q/DQ on 
 MatMul and Gemm (per-channel weights), nothing on their outputs, so that Resize, GridSample / FlowWarp, Softmax,
 the elementwise ops and everything computed from shapes stay in float; products with a shape-derived matrix
 (the dynamic pooling of a PPM) stay float too: their values change with the input size, which calibration
-cannot describe. The `cpu` form is what ONNX Runtime on x86 runs fastest (uint8 activations, Relu folded
-into the quantization range, Add / Concat / Resize quantized too, the output left float); TensorRT rejects it
-(uint8, zero points).
+cannot describe; so do attention's products of two activations and the logits between them and their
+Softmax (a masked key's -1e9 bias would take the whole int8 range). The `cpu` form is what ONNX Runtime on x86
+runs fastest (uint8 activations, Relu folded into the quantization range, Add / Concat / Resize quantized too,
+the output left float); TensorRT rejects it (uint8, zero points).
 
 The guard measures mIoU of fp32 and int8 on a held-out split; when int8 loses more than `max_loss` points it
 ranks the quantized layers by the output error each one alone causes and leaves the worst in float, as few as
@@ -42,6 +43,8 @@ FLOAT_OPS = ("Softmax",)
 # ops whose output the cpu form requantizes (ONNX Runtime's QLinear / QDQ registries less those that only move data)
 REQUANTIZED_OPS = ("Add", "Mul", "Concat", "Resize", "AveragePool", "GlobalAveragePool", "Sigmoid", "LeakyRelu",
                    "Clip", "LayerNormalization", "BatchNormalization", "InstanceNormalization", "Where")
+# elementwise steps between attention's q.k^T and its Softmax (see attention_logits)
+LOGIT_OPS = ("Add", "Sub", "Mul", "Div", "Where")
 
 
 @dataclass
@@ -126,6 +129,29 @@ def float_matmuls(model: onnx.ModelProto, attention: bool = False) -> list[str]:
             and (any(i in derived for i in n.input) or (not attention and not any(i in const for i in n.input)))]
 
 
+def attention_logits(model: onnx.ModelProto) -> list[str]:
+    """The elementwise ops from a float attention product (q.k^T) to its Softmax: the logits' scale and additive
+    bias. The bias of a masked key (-1e9, Mask2Former's masked attention) stretches their range so far that an
+    int8 requantization leaves the real logits one value: the cpu form cost a trained Mask2Former 12 mIoU points
+    with every Conv and MatMul in float."""
+    products = set(float_matmuls(model)) - set(float_matmuls(model, attention=True))
+    consumers: dict[str, list[onnx.NodeProto]] = {}
+    for n in model.graph.node:
+        for i in n.input:
+            consumers.setdefault(i, []).append(n)
+    names = []
+    for n in model.graph.node:
+        if n.name not in products:
+            continue
+        chain, out = [], n.output[0]
+        while len(consumers.get(out, [])) == 1 and consumers[out][0].op_type in LOGIT_OPS:
+            chain.append(consumers[out][0].name)
+            out = consumers[out][0].output[0]
+        if any(c.op_type == "Softmax" for c in consumers.get(out, [])):
+            names += chain
+    return names
+
+
 def size_dependent_nodes(model: onnx.ModelProto) -> list[str]:
     """Nodes whose values scale with the input size: flow-warp grids and their GridSample, index arithmetic.
 
@@ -153,8 +179,10 @@ def quantizable_nodes(model: onnx.ModelProto) -> list[str]:
 
 
 def kept_float(model: onnx.ModelProto, cfg: QuantConfig) -> list[str]:
-    """Nodes no placement quantizes (see float_matmuls, size_dependent_nodes, output_nodes, FLOAT_OPS)."""
-    return (float_matmuls(model, cfg.attention) + size_dependent_nodes(model) + output_nodes(model)
+    """Nodes no placement quantizes (see float_matmuls, attention_logits, size_dependent_nodes, output_nodes,
+    FLOAT_OPS)."""
+    return (float_matmuls(model, cfg.attention) + ([] if cfg.attention else attention_logits(model))
+            + size_dependent_nodes(model) + output_nodes(model)
             + [n.name for n in model.graph.node if n.op_type in FLOAT_OPS])
 
 

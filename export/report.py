@@ -64,7 +64,7 @@ def to_markdown(rep: dict) -> str:
                   + f", sizes {', '.join(f'{h}x{w}' for h, w in c['sizes'])}"
                   + (f" (fallback: {c['fallback']})" if "fallback" in c else ""),
                   (f"- Q/DQ form: {c['target']} (per-channel weights: {c['per_channel_weights']}); "
-                   f"kept in float by design: the pooling products {', '.join(q['float_by_design']) or '(none)'} and "
+                   f"kept in float by design: the pooling and attention products and attention logits {', '.join(q['float_by_design']) or '(none)'} and "
                    f"{q.get('size_dependent_float', 0)} nodes of size-dependent arithmetic (flow-warp grids, "
                    f"index maths)")]
         g = q.get("guard")

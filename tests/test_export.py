@@ -24,6 +24,7 @@ from edgeseg.export.graph import constant_names, get_meta, load, op_counts, shap
 from edgeseg.export.int8 import (
     CalibrationImages,
     QuantConfig,
+    attention_logits,
     float_matmuls,
     guarded_quantize,
     qdq_summary,
@@ -38,6 +39,7 @@ from edgeseg.fileio import sha256_file
 from edgeseg.kernels import find_library, register_ort_ops
 from edgeseg.meta import META_KEY, parse_meta
 from edgeseg.models import available, checkpoint, create
+from edgeseg.models.attention import MASKED, MultiheadAttention
 from edgeseg.models.layers import adaptive_avg_pool2d, flow_warp
 from tests.conftest import shrink_camvid
 
@@ -252,6 +254,45 @@ def test_int8_quantizes_weighted_matmuls_and_keeps_pooling_and_attention_float()
     assert len(weights) == 1 and len(pooling) == 2 and len(attention) == 2
     assert set(float_matmuls(model)) == pooling | attention
     assert set(float_matmuls(model, attention=True)) == pooling
+
+
+class _MaskedTokens(nn.Module):
+    """Pixels as tokens attending under an additive mask bias (MASKED on the keys whose first channel is negative),
+    as Mask2Former's masked attention does."""
+    num_classes = 4
+
+    def __init__(self):
+        super().__init__()
+        self.conv, self.attn, self.out = nn.Conv2d(3, 8, 3, padding=1), MultiheadAttention(8, 2), nn.Conv2d(8, 4, 1)
+        with torch.no_grad():  # logits spread over tens of units, as trained ones are: attention that matters
+            self.attn.q.weight *= 10
+
+    def forward(self, x):
+        f = self.conv(x)
+        n, c, h, w = f.shape
+        t = f.flatten(2).transpose(1, 2)
+        bias = (t[..., :1].transpose(1, 2) < 0).float()[:, None] * MASKED  # [N, 1, 1, keys]
+        return self.out(self.attn(t, t, t, bias).transpose(1, 2).reshape(n, c, h, w))
+
+
+def test_int8_keeps_masked_attention_logits_float(tmp_path, camvid):
+    """The cpu form requantized the logits + mask bias Add to the range of -1e9: every real logit became one value
+    (a trained Mask2Former lost 12 mIoU points with every Conv and MatMul float). The Add stays float."""
+    torch.manual_seed(0)
+    model = export_onnx(Deployable(_MaskedTokens().eval()), example_input(24, 32, False))
+    kept = attention_logits(model)
+    assert [n.op_type for n in model.graph.node if n.name in kept] == ["Add"]
+    onnx.save(model, str(tmp_path / "masked.onnx"))
+    files = []  # small images: every pixel is a token, and calibration keeps the tokens x tokens logits
+    for i, f in enumerate(image_files(camvid, "train")[:4]):
+        files.append(tmp_path / f"{i}.png")
+        cv2.imwrite(str(files[-1]), cv2.resize(cv2.imread(str(f)), (32, 24), interpolation=cv2.INTER_AREA))
+    q = quantize(tmp_path / "masked.onnx", tmp_path / "q.onnx", CalibrationImages(files, SMALL_META),
+                 QuantConfig(method="minmax", target="cpu"))
+    x = model_input([read_image(f) for f in files], (24, 32), SMALL_META)
+    want, got = OrtPredictor(tmp_path / "masked.onnx")(x), OrtPredictor(q)(x)
+    assert (got.argmax(1) == want.argmax(1)).mean() > 0.95
+    assert np.abs(got - want).max() < 0.1 * np.abs(want).max()
 
 
 def test_int8_cpu_form_keeps_size_dependent_arithmetic_float(camvid, tmp_path, ort_ops):

@@ -12,9 +12,21 @@ import math
 import torch
 from torch import nn
 
-from edgeseg.models.backbones.mit import DropPath
-
 MASKED = -1e9  # additive bias of a masked key: exp(MASKED - max) is 0 in fp32, and finite in any precision
+
+
+class DropPath(nn.Module):
+    """Stochastic depth: drop a whole residual branch per sample while training."""
+
+    def __init__(self, p: float):
+        super().__init__()
+        self.p = p
+
+    def forward(self, x):
+        if not self.training or self.p == 0.0:
+            return x
+        keep = torch.rand((x.shape[0],) + (1,) * (x.dim() - 1), device=x.device, dtype=x.dtype) >= self.p
+        return x * keep / (1.0 - self.p)
 
 
 class MultiheadAttention(nn.Module):

@@ -32,6 +32,7 @@ class INT8(Pass):
         import onnx
 
         from edgeseg.export.int8 import (
+            attention_logits,
             calibration_summary,
             float_matmuls,
             guarded_quantize,
@@ -44,7 +45,7 @@ class INT8(Pass):
         target, why = ctx.int8_target
         info = {"calibration": calibration_summary(self.calib, cfg, self.folder),
                 "target": {"requested": o.int8_target, "form": target, "why": why},
-                "float_by_design": float_matmuls(ctx.models["fp32"]),
+                "float_by_design": float_matmuls(ctx.models["fp32"]) + attention_logits(ctx.models["fp32"]),
                 "size_dependent_float": len(size_dependent_nodes(ctx.models["fp32"]))}
         ctx.rep["int8"] = info
         ctx.log(f"fp32 -> int8 Q/DQ ({target} form: {why}; {cfg.method} calibration on {len(self.calib)} images)")

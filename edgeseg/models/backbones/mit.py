@@ -11,19 +11,7 @@ import re
 import torch
 import torch.nn as nn
 
-
-class DropPath(nn.Module):
-    """Stochastic depth: drop a whole residual branch per sample while training."""
-
-    def __init__(self, p: float):
-        super().__init__()
-        self.p = p
-
-    def forward(self, x):
-        if not self.training or self.p == 0.0:
-            return x
-        keep = torch.rand((x.shape[0],) + (1,) * (x.dim() - 1), device=x.device, dtype=x.dtype) >= self.p
-        return x * keep / (1.0 - self.p)
+from edgeseg.models.attention import DropPath
 
 
 class OverlapPatchEmbed(nn.Module):
