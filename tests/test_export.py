@@ -27,6 +27,7 @@ from edgeseg.export.int8 import (
     attention_logits,
     float_matmuls,
     guarded_quantize,
+    kept_float,
     qdq_summary,
     quantizable_nodes,
     quantize,
@@ -293,6 +294,18 @@ def test_int8_keeps_masked_attention_logits_float(tmp_path, camvid):
     want, got = OrtPredictor(tmp_path / "masked.onnx")(x), OrtPredictor(q)(x)
     assert (got.argmax(1) == want.argmax(1)).mean() > 0.95
     assert np.abs(got - want).max() < 0.1 * np.abs(want).max()
+
+
+def test_int8_keeps_every_masked_attention_logit_float():
+    """In Mask2Former every Softmax's input (logits + mask bias) stays float, the first layer's too, whose queries
+    are a learned constant (its q.k^T counts as a shape-derived product)."""
+    torch.manual_seed(0)
+    model = export_onnx(Deployable(create("mask2former", 4, dim=32, queries=8, layers=3, heads=2).eval()),
+                        example_input(64, 64, False))
+    producer = {o: n for n in model.graph.node for o in n.output}
+    biased = [producer[n.input[0]] for n in model.graph.node if n.op_type == "Softmax"]
+    biased = {n.name for n in biased if n.op_type == "Add" and "cross_attn" in n.name}  # not the class scores
+    assert len(biased) == 3 and biased <= set(kept_float(model, QuantConfig(target="cpu")))
 
 
 def test_int8_cpu_form_keeps_size_dependent_arithmetic_float(camvid, tmp_path, ort_ops):
