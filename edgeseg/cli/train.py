@@ -19,8 +19,12 @@ def add_arguments(p) -> None:
     p.add_argument("--lr", type=positive_float, default=1e-3, help="peak learning rate (linear warm-up, then poly decay)")
     p.add_argument("--weight-decay", type=nonnegative_float, default=1e-2, help="weight decay")
     p.add_argument("--warmup-epochs", type=nonnegative_float, default=1.0, help="epochs of linear learning-rate warm-up")
-    p.add_argument("--class-weights", default="none", help="none, mfb (median-frequency balancing) or a JSON list file")
-    p.add_argument("--ohem", type=unit_float, default=None, metavar="THRESH", help="online hard example mining threshold, e.g. 0.7")
+    p.add_argument("--class-weights", default="none",
+                   help="none, mfb (median-frequency balancing) or a JSON list file; MaskFormer / Mask2Former weigh "
+                        "their class term with it")
+    p.add_argument("--ohem", type=unit_float, default=None, metavar="THRESH",
+                   help="online hard example mining threshold, e.g. 0.7 (not for MaskFormer / Mask2Former: no "
+                        "per-pixel loss)")
     p.add_argument("--no-amp", dest="amp", action="store_false", help="disable mixed precision (fp16 on GPU, bf16 on CPU)")
     p.add_argument("--workers", type=nonnegative_int, default=0, help="data loader processes (0: load in this process)")
     p.add_argument("--seed", type=int, default=0, help="seed of every random choice (a resumed run repeats an uninterrupted one)")
