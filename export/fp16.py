@@ -20,7 +20,7 @@ from onnxconverter_common import float16
 
 from edgeseg.errors import EdgesegError
 from edgeseg.export.flowwarp import grid_cones
-from edgeseg.export.graph import consumers, producers, shape_derived
+from edgeseg.export.graph import consumers, producers, shape_derived, softmax_logits
 from edgeseg.kernels import OP_TYPE
 
 FP32_OPS = sorted(set(float16.DEFAULT_OP_BLOCK_LIST) | {
@@ -41,33 +41,6 @@ def name_nodes(graph: onnx.GraphProto) -> None:
                 name += "_"
             n.name = name
             used.add(name)
-
-
-# steps allowed between a logits MatMul and its Softmax: scaling, an additive mask, head reshapes
-LOGIT_STEPS = {"Add", "Sub", "Mul", "Div", "Where", "Reshape", "Transpose", "Cast", "Identity", "Squeeze", "Unsqueeze",
-               "Flatten"}
-LOGIT_PRODUCTS = {"MatMul", "Gemm", "Einsum"}
-
-
-def softmax_logits(graph: onnx.GraphProto) -> set[str]:
-    """Nodes that compute a softmax's logits: the matrix product and the steps from it to the Softmax."""
-    prod, keep = producers(graph), set()
-
-    def walk(tensor: str, path: tuple[str, ...]) -> None:
-        node = prod.get(tensor)
-        if node is None or len(path) > 8:
-            return
-        if node.op_type in LOGIT_PRODUCTS:
-            keep.update(path + (node.name,))
-        elif node.op_type in LOGIT_STEPS:
-            for i in node.input:
-                if i:
-                    walk(i, path + (node.name,))
-
-    for n in graph.node:
-        if n.op_type in ("Softmax", "LogSoftmax"):
-            walk(n.input[0], ())
-    return keep
 
 
 def decomposed_layernorms(graph: onnx.GraphProto) -> set[str]:
@@ -94,7 +67,8 @@ def fp32_nodes(model: onnx.ModelProto) -> list[str]:
     graph = model.graph
     derived = shape_derived(graph)
     keep = {n.name for _, cone in grid_cones(graph) for n in cone.nodes}
-    keep |= softmax_logits(graph) | decomposed_layernorms(graph)
+    keep |= {n for product, steps in softmax_logits(graph) for n in (product, *steps)}
+    keep |= decomposed_layernorms(graph)
     for n in graph.node:
         outs = [o for o in n.output if o]
         if outs and all(o in derived for o in outs):

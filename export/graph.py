@@ -78,6 +78,33 @@ def consumers(graph: onnx.GraphProto) -> dict[str, list[onnx.NodeProto]]:
     return out
 
 
+# steps allowed between a logits product and its Softmax: scaling, an additive mask, head reshapes
+LOGIT_STEPS = {"Add", "Sub", "Mul", "Div", "Where", "Reshape", "Transpose", "Cast", "Identity", "Squeeze", "Unsqueeze",
+               "Flatten"}
+LOGIT_PRODUCTS = {"MatMul", "Gemm", "Einsum"}
+
+
+def softmax_logits(graph: onnx.GraphProto) -> list[tuple[str, tuple[str, ...]]]:
+    """What computes each softmax's logits: (the matrix product, the steps from it to the Softmax), by name."""
+    prod, found = producers(graph), []
+
+    def walk(tensor: str, path: tuple[str, ...]) -> None:
+        node = prod.get(tensor)
+        if node is None or len(path) > 8:
+            return
+        if node.op_type in LOGIT_PRODUCTS:
+            found.append((node.name, path))
+        elif node.op_type in LOGIT_STEPS:
+            for i in node.input:
+                if i:
+                    walk(i, path + (node.name,))
+
+    for n in graph.node:
+        if n.op_type in ("Softmax", "LogSoftmax"):
+            walk(n.input[0], ())
+    return found
+
+
 def constant_names(graph: onnx.GraphProto) -> set[str]:
     return {i.name for i in graph.initializer} | {o for n in graph.node if n.op_type == "Constant" for o in n.output}
 

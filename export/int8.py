@@ -29,7 +29,7 @@ import numpy as np
 import onnx
 
 from edgeseg.errors import EdgesegError
-from edgeseg.export.graph import constant_names, shape_derived
+from edgeseg.export.graph import constant_names, shape_derived, softmax_logits
 from edgeseg.export.validate import OrtPredictor, model_input
 from edgeseg.progress import progress_bar
 from edgeseg.sizes import fit
@@ -43,8 +43,6 @@ FLOAT_OPS = ("Softmax",)
 # ops whose output the cpu form requantizes (ONNX Runtime's QLinear / QDQ registries less those that only move data)
 REQUANTIZED_OPS = ("Add", "Mul", "Concat", "Resize", "AveragePool", "GlobalAveragePool", "Sigmoid", "LeakyRelu",
                    "Clip", "LayerNormalization", "BatchNormalization", "InstanceNormalization", "Where")
-# elementwise steps between attention's q.k^T and its Softmax (see attention_logits)
-LOGIT_OPS = ("Add", "Sub", "Mul", "Div", "Where")
 
 
 @dataclass
@@ -130,26 +128,12 @@ def float_matmuls(model: onnx.ModelProto, attention: bool = False) -> list[str]:
 
 
 def attention_logits(model: onnx.ModelProto) -> list[str]:
-    """The elementwise ops from a float attention product (q.k^T) to its Softmax: the logits' scale and additive
-    bias. The bias of a masked key (-1e9, Mask2Former's masked attention) stretches their range so far that an
+    """The steps from a float attention product (q.k^T) to its Softmax: the logits' scale, additive bias and
+    reshapes. The bias of a masked key (-1e9, Mask2Former's masked attention) stretches their range so far that an
     int8 requantization leaves the real logits one value: the cpu form cost a trained Mask2Former 12 mIoU points
     with every Conv and MatMul in float."""
     products = set(float_matmuls(model))  # with the queries a learned constant (a first layer), a shape-derived one
-    consumers: dict[str, list[onnx.NodeProto]] = {}
-    for n in model.graph.node:
-        for i in n.input:
-            consumers.setdefault(i, []).append(n)
-    names = []
-    for n in model.graph.node:
-        if n.name not in products:
-            continue
-        chain, out = [], n.output[0]
-        while len(consumers.get(out, [])) == 1 and consumers[out][0].op_type in LOGIT_OPS:
-            chain.append(consumers[out][0].name)
-            out = consumers[out][0].output[0]
-        if any(c.op_type == "Softmax" for c in consumers.get(out, [])):
-            names += chain
-    return names
+    return sorted({step for product, steps in softmax_logits(model.graph) if product in products for step in steps})
 
 
 def size_dependent_nodes(model: onnx.ModelProto) -> list[str]:
